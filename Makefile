@@ -1,18 +1,46 @@
-# Ambit build and test entry points. Everything lands in ./bin.
+# Ambit build and test entry points. Binaries land in ./bin.
+#
+#   make demo    build, bring up samples/demo in local mode, send traffic, tear down
+#   make test    everything CI runs: vet, unit tests, fuzz smoke, e2e, interop
 BIN      := $(CURDIR)/bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/ambit-mesh/ambit/version.Version=$(VERSION)
 CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge \
                github.com/containernetworking/plugins/plugins/ipam/host-local \
                github.com/containernetworking/plugins/plugins/main/loopback
+UNIT_PKGS = $$(go list ./... | grep -v /test/e2e)
 
-.PHONY: build demo test test-unit test-e2e bench clean
+.PHONY: deps build demo test vet test-unit test-fuzz test-e2e test-interop clean
+
+deps:
+	@./scripts/install-deps.sh
 
 ## build: the ambit binaries plus the reference CNI plugins (built from their Go module, never downloaded)
 build:
 	@mkdir -p $(BIN)
 	go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/ambit ./cmd/ambit-cni
 	go build -trimpath -ldflags '-s -w' -o $(BIN)/ $(CNI_PLUGINS)
+
+demo: deps build
+	./scripts/demo.sh
+
+test: build vet test-unit test-fuzz test-e2e test-interop
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files -co --exclude-standard '*.go'); exit 1; }
+	go vet ./...
+
+test-unit:
+	go test -count=1 -timeout 10m $(UNIT_PKGS)
+
+test-fuzz:
+	FUZZTIME=$${FUZZTIME:-10s} ./scripts/fuzz-smoke.sh
+
+test-e2e: build
+	AMBIT_BIN_DIR=$(BIN) go test -count=1 -v -timeout 20m ./test/e2e/
+
+test-interop:
+	@if [ -f test/interop/go.mod ]; then cd test/interop && go test -count=1 -v -timeout 10m ./...; fi
 
 clean:
 	rm -rf $(BIN)
