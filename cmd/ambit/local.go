@@ -1,8 +1,105 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"errors"
+	"log/slog"
+	"os"
 
-// newLocalCmd is a placeholder that its owner replaces.
+	"github.com/ambit-mesh/ambit/local"
+	"github.com/spf13/cobra"
+)
+
 func newLocalCmd() *cobra.Command {
-	return &cobra.Command{Use: "local", Hidden: true}
+	var stateDir string
+	cmd := &cobra.Command{
+		Use:   "local",
+		Short: "Run a whole mesh on this machine: nodes and pods as network namespaces, config from YAML (needs root)",
+	}
+	cmd.PersistentFlags().StringVar(&stateDir, "state-dir", local.DefaultStateDir, "where the local mesh keeps its state and logs")
+
+	var upDir string
+	var upNodes int
+	up := &cobra.Command{
+		Use:   "up -f DIR",
+		Short: "Bring up a local mesh from a directory of Kubernetes YAML",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if upDir == "" {
+				return errors.New("-f DIR is required")
+			}
+			return local.Up(cmd.Context(), local.UpOptions{ConfigDir: upDir, StateDir: stateDir, Nodes: upNodes, Out: cmd.OutOrStdout()})
+		},
+	}
+	up.Flags().StringVarP(&upDir, "filename", "f", "", "directory of manifests (Namespace, ServiceAccount, Pod, Service, AuthorizationPolicy, ...)")
+	up.Flags().IntVar(&upNodes, "nodes", 0, "number of nodes (default: spec.nodes of a LocalCluster in DIR, else 2)")
+
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Tear down the local mesh: every namespace, link, process and file it made",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return local.Down(cmd.Context(), stateDir, cmd.OutOrStdout())
+		},
+	}
+
+	var output string
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show nodes, pods (node, IP, phase) and services",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "" && output != "json" && output != "text" {
+				return errors.New("-o: want text or json")
+			}
+			st, err := local.ReadState(stateDir)
+			if err != nil {
+				return err
+			}
+			return local.PrintStatus(cmd.OutOrStdout(), st, output == "json")
+		},
+	}
+	status.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+
+	exec := &cobra.Command{
+		Use:   "exec POD -- CMD [ARGS...]",
+		Short: "Run a command inside a pod's network namespace, with the pod's environment",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 1 {
+				return errors.New("usage: ambit local exec POD -- CMD [ARGS...]")
+			}
+			return local.Exec(stateDir, args[0], args[1:])
+		},
+	}
+
+	var runDir string
+	var runNodes int
+	run := &cobra.Command{
+		Use:    "run",
+		Short:  "The supervisor (started by up; not for direct use)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s := &local.Supervisor{ConfigDir: runDir, StateDir: stateDir, Nodes: runNodes,
+				Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+			return s.Run(cmd.Context())
+		},
+	}
+	run.Flags().StringVarP(&runDir, "filename", "f", "", "directory of manifests")
+	run.Flags().IntVar(&runNodes, "nodes", 2, "number of nodes")
+
+	nsexec := &cobra.Command{
+		Use:                "nsexec NETNS -- CMD [ARGS...]",
+		Short:              "Exec a command in a network namespace (used for pods and CNI plugins)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 3 || args[1] != "--" {
+				return errors.New("usage: ambit local nsexec NETNS -- CMD [ARGS...]")
+			}
+			return local.NSExec(args[0], args[2:], os.Environ())
+		},
+	}
+	cmd.AddCommand(up, down, status, exec, run, nsexec)
+	return cmd
 }

@@ -1,0 +1,165 @@
+// Package cniplugin is the logic of the ambit-cni chained CNI plugin. On
+// ADD it records the pod (namespace, name, UID, network namespace and the
+// IPs the previous plugin assigned) in a state directory and passes the
+// previous result through unchanged; on DEL it forgets the pod; CHECK
+// verifies the record exists. The node agent will read these records (and,
+// in a later stage, be notified directly) to enrol pods before they start.
+package cniplugin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// Config is the plugin's network configuration.
+type Config struct {
+	types.NetConf
+	// StateDir is where pod records are written.
+	StateDir string `json:"stateDir"`
+}
+
+// Record is what the plugin writes for each pod.
+type Record struct {
+	ContainerID string   `json:"containerID"`
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	UID         string   `json:"uid"`
+	Netns       string   `json:"netns"`
+	IfName      string   `json:"ifName"`
+	IPs         []string `json:"ips"`
+}
+
+var containerIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]*$`)
+
+func parseConfig(stdin []byte) (*Config, error) {
+	conf := &Config{}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		return nil, fmt.Errorf("ambit-cni: parsing network configuration: %w", err)
+	}
+	if conf.StateDir == "" {
+		return nil, errors.New("ambit-cni: network configuration lacks stateDir")
+	}
+	if conf.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+			return nil, fmt.Errorf("ambit-cni: parsing prevResult: %w", err)
+		}
+	}
+	return conf, nil
+}
+
+// podArgs reads the Kubernetes keys of CNI_ARGS.
+func podArgs(args string) (ns, name, uid string) {
+	for _, kv := range strings.Split(args, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			ns = v
+		case "K8S_POD_NAME":
+			name = v
+		case "K8S_POD_UID":
+			uid = v
+		}
+	}
+	return ns, name, uid
+}
+
+func recordPath(conf *Config, containerID string) (string, error) {
+	if !containerIDRE.MatchString(containerID) || len(containerID) > 256 {
+		return "", fmt.Errorf("ambit-cni: invalid container ID %q", containerID)
+	}
+	return filepath.Join(conf.StateDir, containerID+".json"), nil
+}
+
+// Add records the pod and returns the previous result unchanged.
+func Add(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.PrevResult == nil {
+		return errors.New("ambit-cni: must be chained after a plugin that assigns addresses (no prevResult)")
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return fmt.Errorf("ambit-cni: reading prevResult: %w", err)
+	}
+	ns, name, uid := podArgs(args.Args)
+	if ns == "" || name == "" {
+		return errors.New("ambit-cni: CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME")
+	}
+	rec := Record{ContainerID: args.ContainerID, Namespace: ns, Name: name, UID: uid, Netns: args.Netns, IfName: args.IfName}
+	for _, ip := range prev.IPs {
+		rec.IPs = append(rec.IPs, ip.Address.IP.String())
+	}
+	path, err := recordPath(conf, args.ContainerID)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(conf.StateDir, 0o755); err != nil {
+		return fmt.Errorf("ambit-cni: %w", err)
+	}
+	data, _ := json.Marshal(rec)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("ambit-cni: writing pod record: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("ambit-cni: writing pod record: %w", err)
+	}
+	return types.PrintResult(prev, conf.CNIVersion)
+}
+
+// Del forgets the pod. A pod never recorded is fine (DEL must be idempotent).
+func Del(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	path, err := recordPath(conf, args.ContainerID)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("ambit-cni: %w", err)
+	}
+	return nil
+}
+
+// Check verifies the pod is recorded.
+func Check(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	path, err := recordPath(conf, args.ContainerID)
+	if err != nil {
+		return err
+	}
+	if _, err := ReadRecord(path); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ReadRecord reads one pod record.
+func ReadRecord(path string) (*Record, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("ambit-cni: pod record: %w", err)
+	}
+	rec := &Record{}
+	if err := json.Unmarshal(data, rec); err != nil {
+		return nil, fmt.Errorf("ambit-cni: pod record %s: %w", path, err)
+	}
+	return rec, nil
+}

@@ -1,0 +1,92 @@
+package cniplugin
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/skel"
+)
+
+func conf(t *testing.T, dir string, prev bool) []byte {
+	t.Helper()
+	c := map[string]any{"cniVersion": "1.0.0", "name": "n", "type": "ambit-cni", "stateDir": dir}
+	if prev {
+		c["prevResult"] = map[string]any{"cniVersion": "1.0.0", "ips": []any{map[string]any{"address": "10.244.1.5/24", "gateway": "10.244.1.1"}}}
+	}
+	b, _ := json.Marshal(c)
+	return b
+}
+
+// capture runs fn with stdout redirected and returns what it printed.
+func capture(t *testing.T, fn func() error) (string, error) {
+	t.Helper()
+	r, w, _ := os.Pipe()
+	old := os.Stdout
+	os.Stdout = w
+	err := fn()
+	os.Stdout = old
+	w.Close()
+	var buf bytes.Buffer
+	io.Copy(&buf, r)
+	return buf.String(), err
+}
+
+func TestAddDelCheck(t *testing.T) {
+	dir := t.TempDir()
+	args := &skel.CmdArgs{ContainerID: "abc-123", Netns: "/run/netns/x", IfName: "eth0",
+		Args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=echo-1;K8S_POD_UID=u1", StdinData: conf(t, dir, true)}
+	out, err := capture(t, func() error { return Add(args) })
+	if err != nil {
+		t.Fatalf("Add: %v", err)
+	}
+	if !strings.Contains(out, "10.244.1.5/24") {
+		t.Errorf("Add did not pass the previous result through: %s", out)
+	}
+	rec, err := ReadRecord(filepath.Join(dir, "abc-123.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Namespace != "demo" || rec.Name != "echo-1" || rec.UID != "u1" || rec.Netns != "/run/netns/x" || len(rec.IPs) != 1 || rec.IPs[0] != "10.244.1.5" {
+		t.Errorf("record = %+v", rec)
+	}
+	if err := Check(args); err != nil {
+		t.Errorf("Check after Add: %v", err)
+	}
+	if err := Del(args); err != nil {
+		t.Fatalf("Del: %v", err)
+	}
+	if err := Check(args); err == nil {
+		t.Error("Check after Del succeeded")
+	}
+	if err := Del(args); err != nil {
+		t.Errorf("second Del: %v", err)
+	}
+}
+
+func TestAddErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		args skel.CmdArgs
+		want string
+	}{
+		{"no prevResult", skel.CmdArgs{ContainerID: "a", Args: "K8S_POD_NAMESPACE=a;K8S_POD_NAME=b", StdinData: conf(t, dir, false)}, "must be chained"},
+		{"no pod args", skel.CmdArgs{ContainerID: "a", Args: "IgnoreUnknown=1", StdinData: conf(t, dir, true)}, "K8S_POD_NAMESPACE"},
+		{"bad container id", skel.CmdArgs{ContainerID: "../../etc/x", Args: "K8S_POD_NAMESPACE=a;K8S_POD_NAME=b", StdinData: conf(t, dir, true)}, "invalid container ID"},
+		{"garbage config", skel.CmdArgs{ContainerID: "a", StdinData: []byte("{")}, "parsing network configuration"},
+		{"no stateDir", skel.CmdArgs{ContainerID: "a", StdinData: []byte(`{"cniVersion":"1.0.0","name":"n","type":"ambit-cni"}`)}, "lacks stateDir"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := capture(t, func() error { return Add(&tc.args) })
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Add error = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,426 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ambit-mesh/ambit/controlplane/filesource"
+	"golang.org/x/sys/unix"
+)
+
+// RequireRoot fails unless the process runs as root.
+func RequireRoot() error {
+	if os.Geteuid() != 0 {
+		return errors.New("local mode needs root: it creates network namespaces, links and routes (run with sudo)")
+	}
+	return nil
+}
+
+// UpOptions configures Up.
+type UpOptions struct {
+	ConfigDir string
+	StateDir  string
+	Nodes     int           // 0: from a LocalCluster in ConfigDir, else 2
+	Timeout   time.Duration // for every pod to be running
+	Out       io.Writer
+}
+
+// Up validates the config, cleans leftovers of an earlier run, starts the
+// supervisor in the background and waits until every pod runs.
+func Up(ctx context.Context, o UpOptions) error {
+	if err := RequireRoot(); err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(o.ConfigDir)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("config directory %s: not a readable directory", o.ConfigDir)
+	}
+	snap, err := filesource.LoadDir(dir)
+	if err != nil {
+		var lines []string
+		for _, e := range filesource.Errors(err) {
+			lines = append(lines, "  "+e.Error())
+		}
+		if len(lines) == 0 {
+			lines = append(lines, "  "+err.Error())
+		}
+		return fmt.Errorf("config %s is invalid; nothing was started:\n%s", o.ConfigDir, strings.Join(lines, "\n"))
+	}
+	nodes := o.Nodes
+	if nodes == 0 {
+		nodes = 2
+		if lc, ok := snap.LocalCluster(); ok && lc.Spec.Nodes > 0 {
+			nodes = lc.Spec.Nodes
+		}
+	}
+	plan, err := planNodes(nodes)
+	if err != nil {
+		return err
+	}
+	var perNode = map[string]int{}
+	for _, pod := range snap.Pods() {
+		if _, err := placePod(pod, plan, perNode); err != nil {
+			return fmt.Errorf("config %s: %w", o.ConfigDir, err)
+		}
+	}
+	self, binDir, err := selfBinDir()
+	if err != nil {
+		return err
+	}
+	if err := checkPlugins(binDir); err != nil {
+		return err
+	}
+	if left := leftovers(o.StateDir); len(left) > 0 {
+		fmt.Fprintf(o.Out, "cleaning up a previous run that did not shut down: %s\n", strings.Join(left, ", "))
+		if err := Down(ctx, o.StateDir, io.Discard); err != nil {
+			return fmt.Errorf("cleaning up the previous run: %w", err)
+		}
+	}
+	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	logf, err := os.OpenFile(Paths{o.StateDir}.SupervisorLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("supervisor log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(self, "local", "run", "-f", dir, "--nodes", strconv.Itoa(nodes), "--state-dir", o.StateDir)
+	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the supervisor: %w", err)
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+
+	timeout := o.Timeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-exited:
+			return fmt.Errorf("the supervisor (pid %d) exited during start-up; its log %s ends with:\n%s", pid, Paths{o.StateDir}.SupervisorLog(), tail(Paths{o.StateDir}.SupervisorLog(), 15))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		st, err := ReadState(o.StateDir)
+		if err != nil {
+			continue
+		}
+		if st.Error != "" {
+			_ = Down(ctx, o.StateDir, io.Discard)
+			return fmt.Errorf("local mesh failed to start: %s", st.Error)
+		}
+		pending, failed := podProgress(st)
+		if len(failed) > 0 {
+			_ = Down(ctx, o.StateDir, io.Discard)
+			return fmt.Errorf("pods failed to start, mesh torn down:\n  %s", strings.Join(failed, "\n  "))
+		}
+		if st.Ready && len(pending) == 0 {
+			fmt.Fprintf(o.Out, "local mesh up: %d nodes, %d pods, %d services (supervisor pid %d, state in %s)\n", len(st.Nodes), len(st.Pods), len(st.Services), st.Supervisor, o.StateDir)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = Down(ctx, o.StateDir, io.Discard)
+			return fmt.Errorf("timed out after %s waiting for pods %s; mesh torn down", timeout, strings.Join(pending, ", "))
+		}
+	}
+}
+
+func podProgress(st *State) (pending, failed []string) {
+	for _, p := range st.Pods {
+		name := p.Namespace + "/" + p.Name
+		switch p.Phase {
+		case "Running", "Succeeded":
+		case "Failed":
+			failed = append(failed, name+": "+p.Message)
+		default:
+			pending = append(pending, name)
+		}
+	}
+	return pending, failed
+}
+
+func tail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// leftovers lists what a previous run left behind.
+func leftovers(stateDir string) []string {
+	var out []string
+	if pid, ok := supervisorPID(stateDir); ok {
+		out = append(out, fmt.Sprintf("supervisor pid %d", pid))
+	}
+	if names, _ := ourNetns(); len(names) > 0 {
+		out = append(out, fmt.Sprintf("%d network namespaces", len(names)))
+	}
+	if _, err := os.Stat(stateDir); err == nil {
+		out = append(out, "state directory "+stateDir)
+	}
+	return out
+}
+
+// supervisorPID returns the PID in the pid file if that process is still
+// our supervisor (checked by its command line, so a recycled PID is never
+// signalled).
+func supervisorPID(stateDir string) (int, bool) {
+	data, err := os.ReadFile(Paths{stateDir}.PIDFile())
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 {
+		return 0, false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !bytes.Contains(cmdline, []byte("local\x00run\x00")) {
+		return 0, false
+	}
+	return pid, true
+}
+
+// Down stops the supervisor and removes everything a local mesh created:
+// processes in its namespaces, the namespaces (with every link and route in
+// them) and the state directory. It is safe to run at any time.
+func Down(ctx context.Context, stateDir string, out io.Writer) error {
+	if err := RequireRoot(); err != nil {
+		return err
+	}
+	if pid, ok := supervisorPID(stateDir); ok {
+		fmt.Fprintf(out, "stopping supervisor (pid %d)\n", pid)
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		deadline := time.Now().Add(30 * time.Second)
+		for processAlive(pid) && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if processAlive(pid) {
+			fmt.Fprintf(out, "supervisor did not stop in time; killing it\n")
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	logger := slog.New(slog.NewTextHandler(out, nil))
+	if err := removeNamespaces(logger); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(stateDir); err != nil {
+		return fmt.Errorf("removing state directory: %w", err)
+	}
+	fmt.Fprintln(out, "local mesh down")
+	return nil
+}
+
+func processAlive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	// A zombie is not alive.
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndexByte(data, ')'); i > 0 && i+2 < len(data) {
+		return data[i+2] != 'Z'
+	}
+	return true
+}
+
+// removeNamespaces kills every process inside a namespace we created, then
+// deletes those namespaces: pods first, then nodes, then the underlay.
+func removeNamespaces(logger *slog.Logger) error {
+	names, err := ourNetns()
+	if err != nil {
+		return fmt.Errorf("listing network namespaces: %w", err)
+	}
+	inodes := map[uint64]bool{}
+	for _, n := range names {
+		if ino, err := netnsInode(netnsPath(n)); err == nil {
+			inodes[ino] = true
+		}
+	}
+	for attempt := 0; attempt < 50; attempt++ {
+		pids := processesIn(inodes)
+		if len(pids) == 0 {
+			break
+		}
+		for _, pid := range pids {
+			if attempt == 0 {
+				logger.Info("killing leftover process", "pid", pid)
+			}
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rank := func(n string) int {
+		switch {
+		case strings.HasPrefix(n, NamePrefix+"pod-"):
+			return 0
+		case n == underlayNetns:
+			return 2
+		}
+		return 1
+	}
+	sort.Slice(names, func(i, j int) bool { return rank(names[i]) < rank(names[j]) || (rank(names[i]) == rank(names[j]) && names[i] < names[j]) })
+	var errs []error
+	for _, n := range names {
+		if err := deleteNetns(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PrintStatus writes the state as tables, or as JSON.
+func PrintStatus(out io.Writer, st *State, asJSON bool) error {
+	if asJSON {
+		type node struct {
+			Name    string `json:"name"`
+			Netns   string `json:"netns"`
+			PodCIDR string `json:"podCIDR"`
+		}
+		type pod struct {
+			Namespace string `json:"namespace"`
+			Name      string `json:"name"`
+			Node      string `json:"node"`
+			IP        string `json:"ip"`
+			Netns     string `json:"netns"`
+			Phase     string `json:"phase"`
+		}
+		v := struct {
+			Nodes    []node          `json:"nodes"`
+			Pods     []pod           `json:"pods"`
+			Services []ServiceStatus `json:"services"`
+		}{Nodes: []node{}, Pods: []pod{}, Services: st.Services}
+		if v.Services == nil {
+			v.Services = []ServiceStatus{}
+		}
+		for _, n := range st.Nodes {
+			v.Nodes = append(v.Nodes, node{n.Name, n.Netns, n.PodCIDR})
+		}
+		for _, p := range st.Pods {
+			v.Pods = append(v.Pods, pod{p.Namespace, p.Name, p.Node, p.IP, p.Netns, p.Phase})
+		}
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tPOD CIDR\tUNDERLAY IP\tNETNS")
+	for _, n := range st.Nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.PodCIDR, n.UnderlayIP, n.Netns)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tIP\tPHASE\tRESTARTS\tMESSAGE")
+	for _, p := range st.Pods {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Namespace, p.Name, p.Node, dash(p.IP), p.Phase, p.Restarts, dash(p.Message))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "NAMESPACE\tSERVICE\tCLUSTER IP\tPORTS")
+	for _, s := range st.Services {
+		var ports []string
+		for _, p := range s.Ports {
+			ports = append(ports, fmt.Sprintf("%d->%s/%s", p.Port, p.TargetPort, p.Protocol))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Namespace, s.Name, s.ClusterIP, strings.Join(ports, ","))
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// Exec replaces the current process with argv running inside the pod's
+// network namespace, with the pod's environment. It returns only on error.
+func Exec(stateDir, podRef string, argv []string) error {
+	if err := RequireRoot(); err != nil {
+		return err
+	}
+	if len(argv) == 0 {
+		return errors.New("exec: no command given (ambit local exec POD -- CMD...)")
+	}
+	st, err := ReadState(stateDir)
+	if err != nil {
+		return err
+	}
+	pod, err := st.FindPod(podRef)
+	if err != nil {
+		return err
+	}
+	if pod.Netns == "" {
+		return fmt.Errorf("pod %s/%s has no network namespace (phase %s: %s)", pod.Namespace, pod.Name, pod.Phase, pod.Message)
+	}
+	env := pod.Env
+	if len(env) == 0 {
+		env = os.Environ()
+	}
+	return NSExec(pod.Netns, argv, env)
+}
+
+// NSExec replaces the current process with argv inside the network
+// namespace at netnsPath. It returns only on error.
+func NSExec(netnsPath string, argv, env []string) error {
+	if len(argv) == 0 {
+		return errors.New("nsexec: no command")
+	}
+	path := argv[0]
+	if !strings.Contains(path, "/") {
+		for _, kv := range env {
+			if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+				os.Setenv("PATH", p)
+			}
+		}
+		lp, err := exec.LookPath(path)
+		if err != nil {
+			return fmt.Errorf("nsexec: %w", err)
+		}
+		path = lp
+	}
+	fd, err := unix.Open(netnsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("nsexec: opening %s: %w", netnsPath, err)
+	}
+	// The namespace is a property of the thread: stay on this one until exec.
+	runtime.LockOSThread()
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("nsexec: entering %s: %w", netnsPath, err)
+	}
+	unix.Close(fd)
+	return fmt.Errorf("nsexec: exec %s: %w", path, syscall.Exec(path, argv, env))
+}

@@ -1,0 +1,148 @@
+package local
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// DefaultStateDir is where the runtime keeps its state, logs and the CNI
+// plugins' files.
+const DefaultStateDir = "/run/ambit/local"
+
+// State is what `ambit local status -o json` prints; the supervisor keeps
+// it current in the state directory.
+type State struct {
+	Nodes    []NodeStatus    `json:"nodes"`
+	Pods     []PodStatus     `json:"pods"`
+	Services []ServiceStatus `json:"services"`
+	// Ready is true once every pod of the first configuration has started.
+	Ready bool `json:"ready"`
+	// Error is set when the supervisor could not bring the mesh up.
+	Error string `json:"error,omitempty"`
+	// Supervisor is the PID of the supervisor process.
+	Supervisor int `json:"supervisorPID"`
+	// ConfigDir is the manifest directory the supervisor watches.
+	ConfigDir string `json:"configDir"`
+	// BinDir holds the ambit binary and the CNI plugins.
+	BinDir string `json:"binDir"`
+}
+
+// NodeStatus describes one node.
+type NodeStatus struct {
+	Name       string `json:"name"`
+	Netns      string `json:"netns"`
+	PodCIDR    string `json:"podCIDR"`
+	UnderlayIP string `json:"underlayIP"`
+}
+
+// PodStatus describes one pod.
+type PodStatus struct {
+	Namespace      string   `json:"namespace"`
+	Name           string   `json:"name"`
+	UID            string   `json:"uid"`
+	Node           string   `json:"node"`
+	IP             string   `json:"ip"`
+	Netns          string   `json:"netns"`
+	Phase          string   `json:"phase"` // Pending, Running, Succeeded, Failed
+	Message        string   `json:"message,omitempty"`
+	ServiceAccount string   `json:"serviceAccount"`
+	PID            int      `json:"pid,omitempty"`
+	Restarts       int      `json:"restarts"`
+	Log            string   `json:"log"`
+	Env            []string `json:"env,omitempty"` // resolved container environment
+}
+
+// ServiceStatus describes one service.
+type ServiceStatus struct {
+	Namespace string        `json:"namespace"`
+	Name      string        `json:"name"`
+	ClusterIP string        `json:"clusterIP"`
+	Ports     []ServicePort `json:"ports"`
+}
+
+// ServicePort is one port of a service.
+type ServicePort struct {
+	Name       string `json:"name,omitempty"`
+	Port       int32  `json:"port"`
+	TargetPort string `json:"targetPort"`
+	Protocol   string `json:"protocol"`
+}
+
+// Paths names the files of a state directory.
+type Paths struct{ Dir string }
+
+func (p Paths) State() string         { return filepath.Join(p.Dir, "state.json") }
+func (p Paths) PIDFile() string       { return filepath.Join(p.Dir, "supervisor.pid") }
+func (p Paths) SupervisorLog() string { return filepath.Join(p.Dir, "supervisor.log") }
+func (p Paths) PodLog(ns, name string) string {
+	return filepath.Join(p.Dir, "pods", ns+"_"+name+".log")
+}
+func (p Paths) CNIDir() string { return filepath.Join(p.Dir, "cni") }
+
+// ReadState reads the state the supervisor wrote.
+func ReadState(dir string) (*State, error) {
+	data, err := os.ReadFile(Paths{dir}.State())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no local mesh is running (no %s); start one with `ambit local up -f DIR`", Paths{dir}.State())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading local mesh state: %w", err)
+	}
+	var s State
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("reading local mesh state %s: %w", Paths{dir}.State(), err)
+	}
+	return &s, nil
+}
+
+// writeState replaces the state file atomically.
+func writeState(dir string, s *State) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := Paths{dir}.State() + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := os.Rename(tmp, Paths{dir}.State()); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	return nil
+}
+
+// FindPod finds a pod by "namespace/name", or by "name" when exactly one
+// namespace has a pod of that name.
+func (s *State) FindPod(ref string) (*PodStatus, error) {
+	ns, name, qualified := cutRef(ref)
+	var found []*PodStatus
+	for i := range s.Pods {
+		p := &s.Pods[i]
+		if p.Name == name && (!qualified || p.Namespace == ns) {
+			found = append(found, p)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, fmt.Errorf("no pod %q", ref)
+	case 1:
+		return found[0], nil
+	}
+	var names []string
+	for _, p := range found {
+		names = append(names, p.Namespace+"/"+p.Name)
+	}
+	return nil, fmt.Errorf("pod name %q is ambiguous: %v; say namespace/name", ref, names)
+}
+
+func cutRef(ref string) (ns, name string, qualified bool) {
+	for i := 0; i < len(ref); i++ {
+		if ref[i] == '/' {
+			return ref[:i], ref[i+1:], true
+		}
+	}
+	return "", ref, false
+}
