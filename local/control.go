@@ -293,7 +293,9 @@ func removeNamespaces(logger *slog.Logger) error {
 		}
 		return 1
 	}
-	sort.Slice(names, func(i, j int) bool { return rank(names[i]) < rank(names[j]) || (rank(names[i]) == rank(names[j]) && names[i] < names[j]) })
+	sort.Slice(names, func(i, j int) bool {
+		return rank(names[i]) < rank(names[j]) || (rank(names[i]) == rank(names[j]) && names[i] < names[j])
+	})
 	var errs []error
 	for _, n := range names {
 		if err := deleteNetns(n); err != nil {
