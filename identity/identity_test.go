@@ -18,9 +18,9 @@ func TestParseSPIFFE(t *testing.T) {
 		in   string
 		want identity.SPIFFE
 	}{
-		{"spiffe://cluster.local/ns/demo/sa/client", identity.SPIFFE{"cluster.local", "demo", "client"}},
-		{"spiffe://example.org/ns/a-b/sa/default", identity.SPIFFE{"example.org", "a-b", "default"}},
-		{"spiffe://td/ns/x/sa/my.sa", identity.SPIFFE{"td", "x", "my.sa"}},
+		{"spiffe://cluster.local/ns/demo/sa/client", identity.SPIFFE{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "client"}},
+		{"spiffe://example.org/ns/a-b/sa/default", identity.SPIFFE{TrustDomain: "example.org", Namespace: "a-b", ServiceAccount: "default"}},
+		{"spiffe://td/ns/x/sa/my.sa", identity.SPIFFE{TrustDomain: "td", Namespace: "x", ServiceAccount: "my.sa"}},
 	}
 	for _, tc := range good {
 		got, err := identity.ParseSPIFFE(tc.in)
@@ -62,7 +62,7 @@ func TestCSR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := identity.SPIFFE{"cluster.local", "demo", "echo"}
+	id := identity.SPIFFE{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "echo"}
 	pemCSR, err := identity.NewCSR(key, id)
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +84,7 @@ func TestCSR(t *testing.T) {
 			t.Errorf("%s: ParseCSR accepted", name)
 		}
 	}
-	if _, err := identity.NewCSR(key, identity.SPIFFE{"cluster.local", "Bad_NS", "x"}); err == nil {
+	if _, err := identity.NewCSR(key, identity.SPIFFE{TrustDomain: "cluster.local", Namespace: "Bad_NS", ServiceAccount: "x"}); err == nil {
 		t.Error("NewCSR accepted an invalid id")
 	}
 }

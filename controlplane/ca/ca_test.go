@@ -106,7 +106,9 @@ func leafOf(t *testing.T, resp *securityapi.IstioCertificateResponse) (*x509.Cer
 func TestCreateCertificate(t *testing.T) {
 	idx := pods{"node1": {"demo/echo": true, "demo/client": true}, "node2": {"demo/db": true}}
 	c := startCA(t, idx, 48*time.Hour)
-	id := func(ns, sa string) identity.SPIFFE { return identity.SPIFFE{TrustDomain: "cluster.local", Namespace: ns, ServiceAccount: sa} }
+	id := func(ns, sa string) identity.SPIFFE {
+		return identity.SPIFFE{TrustDomain: "cluster.local", Namespace: ns, ServiceAccount: sa}
+	}
 	workload, err := c.auth.IssueTLS(id("demo", "client"), time.Hour, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +144,7 @@ func TestCreateCertificate(t *testing.T) {
 		{"node impersonates its pod", node1, id("demo", "echo"), "spiffe://cluster.local/ns/demo/sa/echo", 0, codes.OK, "", id("demo", "echo"), 24 * time.Hour},
 		{"node impersonates another node's pod", node1, id("demo", "db"), "spiffe://cluster.local/ns/demo/sa/db", 0, codes.PermissionDenied, "node node1 may not impersonate spiffe://cluster.local/ns/demo/sa/db: no running pod", identity.SPIFFE{}, 0},
 		{"node impersonates an unknown identity", node1, id("kube-system", "admin"), "spiffe://cluster.local/ns/kube-system/sa/admin", 0, codes.PermissionDenied, "no running pod", identity.SPIFFE{}, 0},
-		{"node impersonates another trust domain", node1, identity.SPIFFE{"evil.org", "demo", "echo"}, "spiffe://evil.org/ns/demo/sa/echo", 0, codes.PermissionDenied, "trust domain", identity.SPIFFE{}, 0},
+		{"node impersonates another trust domain", node1, identity.SPIFFE{TrustDomain: "evil.org", Namespace: "demo", ServiceAccount: "echo"}, "spiffe://evil.org/ns/demo/sa/echo", 0, codes.PermissionDenied, "trust domain", identity.SPIFFE{}, 0},
 		{"malformed impersonated identity", node1, id("demo", "echo"), "spiffe://cluster.local/demo/echo", 0, codes.InvalidArgument, "ImpersonatedIdentity", identity.SPIFFE{}, 0},
 		{"ztunnel SA without node extension", fakeNode, id("demo", "echo"), "spiffe://cluster.local/ns/demo/sa/echo", 0, codes.PermissionDenied, "impersonation needs a node-proxy credential", identity.SPIFFE{}, 0},
 		{"node credential from a rogue CA", rogueNode, id("demo", "echo"), "spiffe://cluster.local/ns/demo/sa/echo", 0, codes.Unauthenticated, "not trusted", identity.SPIFFE{}, 0},
@@ -180,7 +182,7 @@ func TestCreateCertificate(t *testing.T) {
 
 func TestGarbageCSR(t *testing.T) {
 	c := startCA(t, pods{}, 0)
-	workload, _ := c.auth.IssueTLS(identity.SPIFFE{"cluster.local", "demo", "client"}, time.Hour, time.Now(), nil)
+	workload, _ := c.auth.IssueTLS(identity.SPIFFE{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "client"}, time.Hour, time.Now(), nil)
 	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(
 		func() (*tls.Certificate, error) { return workload, nil }, func() *identity.Bundle { return c.bundle }, []identity.SPIFFE{ServerIdentity("cluster.local")}, nil))))
 	if err != nil {

@@ -1,0 +1,41 @@
+// Package controlplane holds the pieces of Ambit's control plane that tie
+// config sources to the services it runs (today the CA; workload discovery
+// over xDS comes next).
+package controlplane
+
+import (
+	corev1 "k8s.io/api/core/v1"
+)
+
+// PodLister returns the pods currently known to a config source.
+type PodLister interface {
+	Pods() []*corev1.Pod
+}
+
+// PodIndex answers the CA's question "does a running pod with this service
+// account live on this node?" from the pods of a config source.
+type PodIndex struct {
+	// Snapshot returns the current pods; it is called per question so that
+	// config changes apply at once.
+	Snapshot func() PodLister
+}
+
+// HasPod implements ca.PodIndex.
+func (x PodIndex) HasPod(node, namespace, serviceAccount string) bool {
+	for _, p := range x.Snapshot().Pods() {
+		if p.Spec.NodeName != node || p.Namespace != namespace {
+			continue
+		}
+		if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
+			continue
+		}
+		sa := p.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default"
+		}
+		if sa == serviceAccount {
+			return true
+		}
+	}
+	return false
+}
