@@ -16,8 +16,8 @@ import (
 	"sync"
 	"time"
 
-	securityapi "istio.io/api/security/v1alpha1"
 	"google.golang.org/protobuf/types/known/structpb"
+	securityapi "istio.io/api/security/v1alpha1"
 
 	"github.com/ambit-mesh/ambit/identity"
 )

@@ -223,4 +223,3 @@ func TestRejectsWrongIdentityFromCA(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
-
