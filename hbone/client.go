@@ -325,7 +325,7 @@ func (p *Pool) dial(ctx context.Context, key Key) (*poolConn, error) {
 		return nil, fmt.Errorf("hbone: TLS for %s: %w", key.Src, err)
 	}
 	d := &net.Dialer{
-		Timeout: DialTimeout,
+		Timeout:         DialTimeout,
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: tcpKeepaliveIdle, Interval: tcpKeepaliveInterval, Count: tcpKeepaliveCount},
 		Control: func(network, address string, c syscall.RawConn) error {
 			var serr error

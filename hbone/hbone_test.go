@@ -100,7 +100,9 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func (e *env) key() Key { return Key{Src: e.clientID, Dst: []identity.SPIFFE{e.serverID}, DstAddr: e.addr} }
+func (e *env) key() Key {
+	return Key{Src: e.clientID, Dst: []identity.SPIFFE{e.serverID}, DstAddr: e.addr}
+}
 
 func dialCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
