@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -69,4 +70,22 @@ func FuzzParseAuthority(f *testing.F) {
 			t.Fatalf("%q: port 0 accepted", s)
 		}
 	})
+}
+
+func TestHeaders(t *testing.T) {
+	got := Baggage(BaggageInfo{Cluster: "Kubernetes", Namespace: "demo", WorkloadType: "deployment", WorkloadName: "echo", Service: "echo", Version: "v1"})
+	want := "k8s.cluster.name=Kubernetes,k8s.namespace.name=demo,k8s.deployment.name=echo,service.name=echo,service.version=v1"
+	if got != want {
+		t.Errorf("Baggage = %q, want %q", got, want)
+	}
+	if got := Baggage(BaggageInfo{Namespace: "demo"}); got != "k8s.namespace.name=demo" {
+		t.Errorf("Baggage omits absent keys: %q", got)
+	}
+	if got := Forwarded(netip.MustParseAddrPort("10.0.0.1:4444"), "echo.demo.svc.cluster.local"); got != `for="10.0.0.1:4444";host=echo.demo.svc.cluster.local` {
+		t.Errorf("Forwarded = %q", got)
+	}
+	tp := NewTraceparent()
+	if len(tp) != 55 || !strings.HasPrefix(tp, "00-") || !strings.HasSuffix(tp, "-00") || tp == NewTraceparent() {
+		t.Errorf("traceparent %q", tp)
+	}
 }

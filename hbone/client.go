@@ -430,3 +430,32 @@ func Forwarded(src netip.AddrPort, host string) string {
 	}
 	return v
 }
+
+// BaggageInfo describes the source workload in the baggage header.
+type BaggageInfo struct {
+	Cluster, Namespace         string
+	WorkloadType, WorkloadName string // WorkloadType: deployment, cronjob, pod or job
+	Service, Version           string
+	Region, Zone               string
+}
+
+// Baggage returns the baggage header value ztunnel sends: comma-joined
+// key=value pairs, absent keys omitted.
+func Baggage(b BaggageInfo) string {
+	var parts []string
+	add := func(k, v string) {
+		if v != "" {
+			parts = append(parts, k+"="+v)
+		}
+	}
+	add("k8s.cluster.name", b.Cluster)
+	add("k8s.namespace.name", b.Namespace)
+	if b.WorkloadType != "" {
+		add("k8s."+b.WorkloadType+".name", b.WorkloadName)
+	}
+	add("service.name", b.Service)
+	add("service.version", b.Version)
+	add("cloud.region", b.Region)
+	add("cloud.availability_zone", b.Zone)
+	return strings.Join(parts, ",")
+}

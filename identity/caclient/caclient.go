@@ -219,11 +219,20 @@ func checkChain(id identity.SPIFFE, chain []*x509.Certificate, key *ecdsa.Privat
 	if !key.PublicKey.Equal(leaf.PublicKey) {
 		return nil, errors.New("CA returned a certificate for another key")
 	}
-	bundle, err := identity.NewBundle(chain[len(chain)-1])
+	// Trailing self-signed CA certificates are the roots (several during a
+	// root rotation); what precedes them is the leaf and intermediates.
+	split := len(chain)
+	for split > 1 && chain[split-1].IsCA && chain[split-1].CheckSignatureFrom(chain[split-1]) == nil {
+		split--
+	}
+	if split == len(chain) {
+		return nil, errors.New("CA response: no root at the end of the chain")
+	}
+	bundle, err := identity.NewBundle(chain[split:]...)
 	if err != nil {
 		return nil, fmt.Errorf("CA response: %w", err)
 	}
-	got, err := bundle.Verify(chain[:len(chain)-1], now)
+	got, err := bundle.Verify(chain[:split], now)
 	if err != nil {
 		return nil, fmt.Errorf("CA response: %w", err)
 	}
