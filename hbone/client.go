@@ -58,9 +58,12 @@ type Pool struct {
 	// identity's certificate and the expected destination identities (see
 	// identity.ClientTLSConfig).
 	TLSConfig func(ctx context.Context, k Key) (*tls.Config, error)
-	// Control, if set, is applied to every socket before it connects
-	// (ztunnel sets SO_MARK and enters pod network namespaces).
+	// Control, if set, is applied to every socket before it connects.
 	Control func(network, address string, c syscall.RawConn) error
+	// DialTCP, if set, opens the TCP connection instead of a plain dialer
+	// (ztunnel creates the socket inside the pod's network namespace, with
+	// its mark).
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// MaxStreamsPerConn caps streams per connection (default 100).
 	MaxStreamsPerConn int
 	// IdleTimeout releases connections unused this long (default 5 min).
@@ -347,7 +350,13 @@ func (p *Pool) dial(ctx context.Context, key Key) (*poolConn, error) {
 	if key.SrcIP.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: key.SrcIP.AsSlice()}
 	}
-	raw, err := d.DialContext(ctx, "tcp", key.DstAddr.String())
+	dialFn := d.DialContext
+	if p.DialTCP != nil {
+		dialFn = p.DialTCP
+	}
+	dctx, cancel := context.WithTimeout(ctx, DialTimeout)
+	defer cancel()
+	raw, err := dialFn(dctx, "tcp", key.DstAddr.String())
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() && key.DstAddr.Port() == Port {

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -132,4 +133,81 @@ func Veth(t testing.TB, a, cidrA, b, cidrB string) {
 	}
 	setup(ha, "eth0", cidrA)
 	setup(hb, peer, cidrB)
+}
+
+// LAN joins the given namespaces to one bridge (in a namespace of its own)
+// and gives each the matching address, e.g. LAN(t, map[string]string{podA:
+// "10.77.0.2/24", podB: "10.77.0.3/24"}).
+func LAN(t testing.TB, members map[string]string) {
+	t.Helper()
+	sw := Netns(t)
+	hs := Handle(t, sw)
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := hs.LinkAdd(br); err != nil {
+		t.Fatalf("bridge: %v", err)
+	}
+	if err := hs.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	for ns, cidr := range members {
+		port := "p" + randomSuffix()
+		peer := "q" + randomSuffix()
+		if err := hs.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MasterIndex: br.Attrs().Index}, PeerName: peer}); err != nil {
+			t.Fatalf("veth: %v", err)
+		}
+		pl, err := hs.LinkByName(port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hs.LinkSetUp(pl); err != nil {
+			t.Fatal(err)
+		}
+		ql, err := hs.LinkByName(peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		target, err := netns.GetFromPath(ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = hs.LinkSetNsFd(ql, int(target))
+		target.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := Handle(t, ns)
+		l, err := h.LinkByName(peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetName(l, "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		addr, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AddrAdd(l, addr); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// DefaultRoute gives the namespace a default route out of eth0, as a pod
+// has (traffic to addresses nobody answers for is still routable, so that
+// capture rules see it).
+func DefaultRoute(t testing.TB, ns string) {
+	t.Helper()
+	h := Handle(t, ns)
+	l, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, all, _ := net.ParseCIDR("0.0.0.0/0")
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: all, Scope: netlink.SCOPE_LINK}); err != nil {
+		t.Fatalf("default route: %v", err)
+	}
 }

@@ -1,0 +1,605 @@
+package ztunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/zdsapi"
+
+	"github.com/ambit-mesh/ambit/hbone"
+	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/identity/caclient"
+	"github.com/ambit-mesh/ambit/nsnet"
+	"github.com/ambit-mesh/ambit/redirect"
+	"github.com/ambit-mesh/ambit/zds"
+)
+
+// CertSource gives the certificate of a workload identity (see
+// caclient.Manager).
+type CertSource interface {
+	Get(ctx context.Context, id identity.SPIFFE) (*caclient.Cert, error)
+}
+
+// Config configures a Ztunnel.
+type Config struct {
+	Index       *Index
+	Certs       CertSource
+	TrustDomain string
+	Logger      *slog.Logger
+	// AccessLog receives one line per connection (default: Logger).
+	AccessLog *slog.Logger
+}
+
+// Ztunnel runs one proxy per enrolled pod. It implements zds.Handler.
+type Ztunnel struct {
+	cfg     Config
+	mu      sync.Mutex
+	proxies map[string]*podProxy // by pod uid
+}
+
+var _ zds.Handler = (*Ztunnel)(nil)
+
+// New returns a Ztunnel with no pods.
+func New(cfg Config) *Ztunnel {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AccessLog == nil {
+		cfg.AccessLog = cfg.Logger
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = identity.DefaultTrustDomain
+	}
+	return &Ztunnel{cfg: cfg, proxies: map[string]*podProxy{}}
+}
+
+// AddWorkload starts the proxy of a pod inside its network namespace. A
+// pod re-sent with the same namespace keeps its running proxy.
+func (z *Ztunnel) AddWorkload(ctx context.Context, uid string, info *zdsapi.WorkloadInfo, netns *os.File) error {
+	dev, ino, err := zds.NetnsID(netns)
+	if err != nil {
+		netns.Close()
+		return fmt.Errorf("pod %s: netns: %w", uid, err)
+	}
+	z.mu.Lock()
+	old := z.proxies[uid]
+	z.mu.Unlock()
+	if old != nil {
+		if old.dev == dev && old.ino == ino {
+			netns.Close()
+			return nil
+		}
+		old.stop(false)
+	}
+	p, err := z.startProxy(uid, info, netns, dev, ino)
+	if err != nil {
+		netns.Close()
+		return err
+	}
+	z.mu.Lock()
+	z.proxies[uid] = p
+	z.mu.Unlock()
+	z.cfg.Logger.Info("pod proxy started", "uid", uid, "pod", info.GetNamespace()+"/"+info.GetName(), "identity", p.id.String())
+	return nil
+}
+
+// DelWorkload stops a pod's proxy at once.
+func (z *Ztunnel) DelWorkload(ctx context.Context, uid string) error {
+	z.mu.Lock()
+	p := z.proxies[uid]
+	delete(z.proxies, uid)
+	z.mu.Unlock()
+	if p != nil {
+		p.stop(false)
+		z.cfg.Logger.Info("pod proxy stopped", "uid", uid, "pod", p.info.GetNamespace()+"/"+p.info.GetName())
+	}
+	return nil
+}
+
+// Reconcile stops every proxy whose pod is not in keep.
+func (z *Ztunnel) Reconcile(ctx context.Context, keep map[string]bool) error {
+	z.mu.Lock()
+	var gone []string
+	for uid := range z.proxies {
+		if !keep[uid] {
+			gone = append(gone, uid)
+		}
+	}
+	z.mu.Unlock()
+	for _, uid := range gone {
+		_ = z.DelWorkload(ctx, uid)
+	}
+	return nil
+}
+
+// PodInfo describes a pod ztunnel serves.
+type PodInfo struct {
+	UID, Namespace, Name, Identity string
+}
+
+// Pods lists the pods with running proxies.
+func (z *Ztunnel) Pods() []PodInfo {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	var out []PodInfo
+	for uid, p := range z.proxies {
+		out = append(out, PodInfo{UID: uid, Namespace: p.info.GetNamespace(), Name: p.info.GetName(), Identity: p.id.String()})
+	}
+	return out
+}
+
+// Drain stops every proxy: listeners close at once, open connections get
+// until ctx is done.
+func (z *Ztunnel) Drain(ctx context.Context) {
+	z.mu.Lock()
+	ps := make([]*podProxy, 0, len(z.proxies))
+	for _, p := range z.proxies {
+		ps = append(ps, p)
+	}
+	z.proxies = map[string]*podProxy{}
+	z.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			done := make(chan struct{})
+			go func() { p.stop(true); close(done) }()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				p.stop(false)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// podProxy is the proxy of one pod.
+type podProxy struct {
+	z        *Ztunnel
+	uid      string
+	info     *zdsapi.WorkloadInfo
+	id       identity.SPIFFE
+	netns    *os.File
+	dev, ino uint64
+	path     string // /proc/self/fd/N of netns
+	ctx      context.Context
+	cancel   context.CancelFunc
+	ls       []net.Listener
+	hsrv     *hbone.Server
+	pool     *hbone.Pool
+	conns    sync.WaitGroup
+	stopOnce sync.Once
+	stopped  chan struct{}
+
+	mu   sync.Mutex
+	open map[net.Conn]struct{}
+}
+
+func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.File, dev, ino uint64) (*podProxy, error) {
+	sa := info.GetServiceAccount()
+	if sa == "" {
+		sa = "default"
+	}
+	id := identity.SPIFFE{TrustDomain: z.cfg.TrustDomain, Namespace: info.GetNamespace(), ServiceAccount: sa}
+	if err := id.Validate(); err != nil {
+		return nil, fmt.Errorf("pod %s: %w", uid, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &podProxy{z: z, uid: uid, info: info, id: id, netns: netns, dev: dev, ino: ino,
+		path: fmt.Sprintf("/proc/self/fd/%d", netns.Fd()), ctx: ctx, cancel: cancel,
+		open: map[net.Conn]struct{}{}, stopped: make(chan struct{})}
+	p.pool = &hbone.Pool{
+		Logger:  z.cfg.Logger,
+		DialTCP: nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil),
+		TLSConfig: func(ctx context.Context, k hbone.Key) (*tls.Config, error) {
+			if _, err := z.cfg.Certs.Get(ctx, k.Src); err != nil {
+				return nil, err
+			}
+			return identity.ClientTLSConfig(p.certFunc(k.Src), p.bundleFunc(k.Src), k.Dst, nil), nil
+		},
+	}
+	p.hsrv = &hbone.Server{
+		TLSConfig: identity.ServerTLSConfig(p.certFunc(id), p.bundleFunc(id), z.cfg.TrustDomain, nil),
+		Handler:   hbone.HandlerFunc(p.inboundHBONE),
+		Logger:    z.cfg.Logger,
+	}
+	opts := nsnet.SocketOptions{Mark: redirect.ZtunnelMark, ReusePort: true, Transparent: true}
+	for _, port := range []int{redirect.OutboundPort, redirect.InboundPort, redirect.HBONEPort} {
+		l, err := nsnet.Listen(ctx, p.path, fmt.Sprintf(":%d", port), opts)
+		if err != nil {
+			p.stop(false)
+			return nil, fmt.Errorf("pod %s/%s: %w", info.GetNamespace(), info.GetName(), err)
+		}
+		p.ls = append(p.ls, l)
+	}
+	go p.serve(p.ls[0], p.outbound)
+	go p.serve(p.ls[1], p.inboundPlain)
+	go func() { _ = p.hsrv.Serve(p.ls[2]) }()
+	// Fetch the certificate now, so the first connection does not wait.
+	go func() { _, _ = z.cfg.Certs.Get(ctx, id) }()
+	return p, nil
+}
+
+func (p *podProxy) certFunc(id identity.SPIFFE) identity.CertFunc {
+	return func() (*tls.Certificate, error) {
+		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		defer cancel()
+		c, err := p.z.cfg.Certs.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return c.TLS, nil
+	}
+}
+
+func (p *podProxy) bundleFunc(id identity.SPIFFE) identity.BundleFunc {
+	return func() *identity.Bundle {
+		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		defer cancel()
+		c, err := p.z.cfg.Certs.Get(ctx, id)
+		if err != nil {
+			return nil
+		}
+		return c.Bundle
+	}
+}
+
+// stop closes the listeners; graceful lets HBONE streams and proxied
+// connections finish, otherwise they are cut.
+func (p *podProxy) stop(graceful bool) {
+	if !graceful {
+		p.closeConns()
+	}
+	p.stopOnce.Do(func() {
+		for _, l := range p.ls {
+			l.Close()
+		}
+		if graceful {
+			ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+			_ = p.hsrv.Shutdown(ctx)
+			cancel()
+			p.conns.Wait()
+		} else {
+			_ = p.hsrv.Close()
+		}
+		p.cancel()
+		p.pool.Close()
+		p.netns.Close()
+		close(p.stopped)
+	})
+	<-p.stopped
+}
+
+func (p *podProxy) closeConns() {
+	_ = p.hsrv.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.open {
+		c.Close()
+	}
+}
+
+func (p *podProxy) track(c net.Conn) func() {
+	p.mu.Lock()
+	p.open[c] = struct{}{}
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		delete(p.open, c)
+		p.mu.Unlock()
+	}
+}
+
+func (p *podProxy) serve(l net.Listener, handle func(*net.TCPConn)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return
+		}
+		p.conns.Add(1)
+		go func() {
+			defer p.conns.Done()
+			defer c.Close()
+			untrack := p.track(c)
+			defer untrack()
+			handle(c.(*net.TCPConn))
+		}()
+	}
+}
+
+// route is where an outbound connection goes.
+type route struct {
+	kind      string // "hbone", "tcp" or "passthrough"
+	addr      netip.AddrPort
+	authority string
+	expect    identity.SPIFFE
+	dst       *workloadapi.Workload
+	service   *workloadapi.Service
+}
+
+// resolve decides where a connection to orig goes (facts §5.6): a service
+// VIP to one of its healthy endpoints (port mapped), HBONE to enrolled
+// endpoints, plain TCP to others, passthrough to unknown addresses.
+func (z *Ztunnel) resolve(orig netip.AddrPort) (route, error) {
+	x := z.cfg.Index
+	var ep endpoint
+	var svc *workloadapi.Service
+	if svc = x.ServiceByVIP(orig.Addr()); svc != nil {
+		var err error
+		ep, err = x.pickEndpoint(svc, orig.Port())
+		if err != nil {
+			return route{}, err
+		}
+	} else if w := x.WorkloadByIP(orig.Addr()); w != nil {
+		ep = endpoint{w: w, port: orig.Port()}
+	} else {
+		return route{kind: "passthrough", addr: orig}, nil
+	}
+	ip, ok := WorkloadIP(ep.w)
+	if !ok {
+		return route{}, fmt.Errorf("workload %s has no address", ep.w.GetUid())
+	}
+	target := netip.AddrPortFrom(ip, ep.port)
+	if ep.w.GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE {
+		return route{kind: "hbone", addr: netip.AddrPortFrom(ip, hbone.Port), authority: target.String(), expect: Identity(ep.w), dst: ep.w, service: svc}, nil
+	}
+	return route{kind: "tcp", addr: target, dst: ep.w, service: svc}, nil
+}
+
+func isZtunnelPort(p uint16) bool {
+	return p == redirect.OutboundPort || p == redirect.InboundPort || p == redirect.HBONEPort
+}
+
+// outbound handles a connection the pod's app opened (captured on 15001).
+func (p *podProxy) outbound(c *net.TCPConn) {
+	start := time.Now()
+	src := netip.MustParseAddrPort(c.RemoteAddr().String())
+	orig, err := redirect.OriginalDst(c)
+	if err != nil {
+		p.z.cfg.Logger.Warn("outbound: no original destination", "err", err)
+		return
+	}
+	log := accessLog{direction: "outbound", src: src, srcID: p.id, srcPod: p.info, dst: orig, start: start}
+	if orig.Addr().IsLoopback() && isZtunnelPort(orig.Port()) {
+		log.fail(p.z.cfg.AccessLog, errors.New("connection to a ztunnel port refused"))
+		return
+	}
+	rt, err := p.z.resolve(orig)
+	if err != nil {
+		log.fail(p.z.cfg.AccessLog, err)
+		return
+	}
+	log.route = rt
+	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
+	var up net.Conn
+	switch rt.kind {
+	case "hbone":
+		host := ""
+		if rt.service != nil {
+			host = rt.service.GetHostname()
+		}
+		hdr := http.Header{}
+		hdr.Set("Traceparent", hbone.NewTraceparent())
+		hdr.Set("Forwarded", hbone.Forwarded(src, host))
+		hdr.Set("Baggage", hbone.Baggage(hbone.BaggageInfo{Namespace: p.info.GetNamespace(), WorkloadType: "pod", WorkloadName: p.info.GetName()}))
+		// The socket is created in the pod's netns, so its source is the
+		// pod's own address; SrcIP still keys the pool per source.
+		key := hbone.Key{Src: p.id, Dst: []identity.SPIFFE{rt.expect}, DstAddr: rt.addr}
+		up, err = p.pool.Dial(ctx, key, rt.authority, hdr)
+	default:
+		up, err = nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil)(ctx, "tcp", rt.addr.String())
+	}
+	cancel()
+	if err != nil {
+		log.fail(p.z.cfg.AccessLog, err)
+		return
+	}
+	defer up.Close()
+	untrack := p.track(up)
+	defer untrack()
+	log.sent, log.recv = pipe(c, up)
+	log.done(p.z.cfg.AccessLog)
+}
+
+// inboundHBONE authorizes and connects an HBONE stream to the pod's app
+// (facts §1.3, after the server's method and authority checks).
+func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn, error) {
+	if !r.Target.IsIP() {
+		return nil, &hbone.StatusError{Code: http.StatusBadRequest, Reason: "hostname targets are not supported here"}
+	}
+	local, ok := r.LocalAddr.(*net.TCPAddr)
+	if !ok || local.AddrPort().Addr().Unmap() != r.Target.Addr.Addr().Unmap() {
+		return nil, &hbone.StatusError{Code: http.StatusBadRequest, Reason: fmt.Sprintf("target %s is not this pod (%v)", r.Target, r.LocalAddr)}
+	}
+	if isZtunnelPort(r.Target.Port) {
+		return nil, &hbone.StatusError{Code: http.StatusServiceUnavailable, Reason: fmt.Sprintf("port %d is ztunnel's", r.Target.Port)}
+	}
+	var srcIP netip.Addr
+	if src, ok := r.RemoteAddr.(*net.TCPAddr); ok {
+		srcIP = src.AddrPort().Addr().Unmap()
+	}
+	up, err := p.dialApp(ctx, srcIP, r.Target.Addr)
+	if err != nil {
+		return nil, &hbone.StatusError{Code: http.StatusServiceUnavailable, Reason: "connecting to the application: " + err.Error()}
+	}
+	untrack := p.track(up)
+	attrs := []any{"direction", "inbound", "src.addr", r.RemoteAddr.String(), "src.identity", r.Peer.String(),
+		"dst.addr", r.Target.String(), "dst.hbone_addr", r.Target.String(), "dst.namespace", p.info.GetNamespace(),
+		"dst.workload", p.info.GetName(), "dst.identity", p.id.String()}
+	return &loggedConn{Conn: up, start: time.Now(), onClose: func(sent, recv int64, d time.Duration) {
+		untrack()
+		p.z.cfg.AccessLog.Info("connection complete", append(attrs, "bytes_sent", sent, "bytes_recv", recv,
+			"duration", d.Round(time.Millisecond).String())...)
+	}}, nil
+}
+
+// inboundPlain handles plaintext arriving on 15006 from outside the mesh.
+func (p *podProxy) inboundPlain(c *net.TCPConn) {
+	start := time.Now()
+	src := netip.MustParseAddrPort(c.RemoteAddr().String())
+	orig, err := redirect.OriginalDst(c)
+	if err != nil {
+		return
+	}
+	log := accessLog{direction: "inbound", src: src, dst: orig, dstPod: p.info, dstID: p.id, start: start, plaintext: true}
+	if isZtunnelPort(orig.Port()) {
+		log.fail(p.z.cfg.AccessLog, errors.New("plaintext to a ztunnel port"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
+	up, err := p.dialApp(ctx, src.Addr(), orig)
+	cancel()
+	if err != nil {
+		log.fail(p.z.cfg.AccessLog, err)
+		return
+	}
+	defer up.Close()
+	untrack := p.track(up)
+	defer untrack()
+	log.sent, log.recv = pipe(c, up)
+	log.done(p.z.cfg.AccessLog)
+}
+
+// dialApp connects to the app inside the pod, from the original client's
+// address (IP_TRANSPARENT), so the app sees who really called.
+func (p *podProxy) dialApp(ctx context.Context, srcIP netip.Addr, target netip.AddrPort) (net.Conn, error) {
+	opts := nsnet.SocketOptions{Mark: redirect.ZtunnelMark}
+	var local net.Addr
+	if srcIP.IsValid() && !srcIP.IsLoopback() && srcIP != target.Addr() {
+		opts.Transparent = true
+		local = &net.TCPAddr{IP: srcIP.AsSlice()}
+	}
+	return nsnet.DialFunc(p.path, opts, local)(ctx, "tcp", target.String())
+}
+
+// pipe copies both ways with half-close and returns the bytes a->b and b->a.
+func pipe(a, b net.Conn) (aToB, bToA int64) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		aToB, _ = io.CopyBuffer(b, a, make([]byte, 32<<10))
+		closeWrite(b)
+	}()
+	bToA, _ = io.CopyBuffer(a, b, make([]byte, 32<<10))
+	closeWrite(a)
+	wg.Wait()
+	return aToB, bToA
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	} else {
+		c.Close()
+	}
+}
+
+// loggedConn counts bytes and reports when closed.
+type loggedConn struct {
+	net.Conn
+	sent, recv int64
+	start      time.Time
+	once       sync.Once
+	onClose    func(sent, recv int64, d time.Duration)
+}
+
+func (c *loggedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.sent += int64(n)
+	return n, err
+}
+
+func (c *loggedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.recv += int64(n)
+	return n, err
+}
+
+func (c *loggedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *loggedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.onClose(c.sent, c.recv, time.Since(c.start)) })
+	return err
+}
+
+// accessLog is the record of one connection.
+type accessLog struct {
+	direction  string
+	src        netip.AddrPort
+	srcID      identity.SPIFFE
+	srcPod     *zdsapi.WorkloadInfo
+	dst        netip.AddrPort
+	dstID      identity.SPIFFE
+	dstPod     *zdsapi.WorkloadInfo
+	route      route
+	start      time.Time
+	sent, recv int64
+	plaintext  bool
+}
+
+func (a *accessLog) attrs() []any {
+	attrs := []any{"direction", a.direction, "src.addr", a.src.String()}
+	if a.srcPod != nil {
+		attrs = append(attrs, "src.workload", a.srcPod.GetName(), "src.namespace", a.srcPod.GetNamespace())
+	}
+	if !a.srcID.IsZero() && !a.plaintext {
+		attrs = append(attrs, "src.identity", a.srcID.String())
+	}
+	switch a.route.kind {
+	case "hbone":
+		attrs = append(attrs, "dst.addr", a.route.addr.String(), "dst.hbone_addr", a.route.authority)
+	case "":
+		attrs = append(attrs, "dst.addr", a.dst.String())
+	default:
+		attrs = append(attrs, "dst.addr", a.route.addr.String())
+	}
+	if a.route.service != nil {
+		attrs = append(attrs, "dst.service", a.route.service.GetHostname())
+	}
+	if w := a.route.dst; w != nil {
+		attrs = append(attrs, "dst.workload", w.GetName(), "dst.namespace", w.GetNamespace())
+		if a.route.kind == "hbone" {
+			attrs = append(attrs, "dst.identity", Identity(w).String())
+		}
+	}
+	if a.dstPod != nil {
+		attrs = append(attrs, "dst.workload", a.dstPod.GetName(), "dst.namespace", a.dstPod.GetNamespace())
+	}
+	if a.route.kind != "" {
+		attrs = append(attrs, "route", a.route.kind)
+	}
+	return attrs
+}
+
+func (a *accessLog) done(l *slog.Logger) {
+	attrs := append(a.attrs(), "bytes_sent", a.sent, "bytes_recv", a.recv, "duration", time.Since(a.start).Round(time.Millisecond).String())
+	l.Info("connection complete", attrs...)
+}
+
+func (a *accessLog) fail(l *slog.Logger, err error) {
+	l.Error("connection complete", append(a.attrs(), "error", err.Error())...)
+}

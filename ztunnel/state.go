@@ -1,0 +1,215 @@
+// Package ztunnel is Ambit's node proxy: for every pod the node agent hands
+// it (over ZDS), it runs listeners inside the pod's network namespace —
+// 15001 for the pod's outbound traffic, 15006 for plaintext inbound, 15008
+// for HBONE inbound — with the pod's own SPIFFE identity, using what the
+// control plane pushed (workloads and services over WDS) to decide where
+// each connection goes and how.
+package ztunnel
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"sort"
+	"sync"
+
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/ambit-mesh/ambit/identity"
+)
+
+// Index holds the workloads and services the control plane sent, indexed
+// for the data path. It is safe for concurrent use.
+type Index struct {
+	mu        sync.RWMutex
+	workloads map[string]*workloadapi.Workload // by uid
+	byIP      map[netip.Addr]*workloadapi.Workload
+	services  map[string]*workloadapi.Service // by namespace/hostname
+	byVIP     map[netip.Addr]*workloadapi.Service
+	version   uint64
+}
+
+// NewIndex returns an empty index.
+func NewIndex() *Index {
+	return &Index{workloads: map[string]*workloadapi.Workload{}, byIP: map[netip.Addr]*workloadapi.Workload{},
+		services: map[string]*workloadapi.Service{}, byVIP: map[netip.Addr]*workloadapi.Service{}}
+}
+
+// ServiceKey is a service's resource name: namespace/hostname.
+func ServiceKey(s *workloadapi.Service) string { return s.GetNamespace() + "/" + s.GetHostname() }
+
+// Update applies a delta: resources added or changed, and names removed
+// (workload uids or service namespace/hostname).
+func (x *Index) Update(upserts []*workloadapi.Address, removed []string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, name := range removed {
+		if w, ok := x.workloads[name]; ok {
+			x.unindexWorkload(w)
+			delete(x.workloads, name)
+		}
+		if s, ok := x.services[name]; ok {
+			x.unindexService(s)
+			delete(x.services, name)
+		}
+	}
+	for _, a := range upserts {
+		switch {
+		case a.GetWorkload() != nil:
+			w := a.GetWorkload()
+			if old, ok := x.workloads[w.GetUid()]; ok {
+				x.unindexWorkload(old)
+			}
+			x.workloads[w.GetUid()] = w
+			for _, b := range w.GetAddresses() {
+				if ip, ok := netip.AddrFromSlice(b); ok {
+					x.byIP[ip.Unmap()] = w
+				}
+			}
+		case a.GetService() != nil:
+			s := a.GetService()
+			k := ServiceKey(s)
+			if old, ok := x.services[k]; ok {
+				x.unindexService(old)
+			}
+			x.services[k] = s
+			for _, na := range s.GetAddresses() {
+				if ip, ok := netip.AddrFromSlice(na.GetAddress()); ok {
+					x.byVIP[ip.Unmap()] = s
+				}
+			}
+		}
+	}
+	x.version++
+}
+
+func (x *Index) unindexWorkload(w *workloadapi.Workload) {
+	for _, b := range w.GetAddresses() {
+		if ip, ok := netip.AddrFromSlice(b); ok && x.byIP[ip.Unmap()] == w {
+			delete(x.byIP, ip.Unmap())
+		}
+	}
+}
+
+func (x *Index) unindexService(s *workloadapi.Service) {
+	for _, na := range s.GetAddresses() {
+		if ip, ok := netip.AddrFromSlice(na.GetAddress()); ok && x.byVIP[ip.Unmap()] == s {
+			delete(x.byVIP, ip.Unmap())
+		}
+	}
+}
+
+// Workload returns the workload with uid.
+func (x *Index) Workload(uid string) *workloadapi.Workload {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.workloads[uid]
+}
+
+// WorkloadByIP returns the workload with address ip.
+func (x *Index) WorkloadByIP(ip netip.Addr) *workloadapi.Workload {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.byIP[ip.Unmap()]
+}
+
+// ServiceByVIP returns the service with VIP ip.
+func (x *Index) ServiceByVIP(ip netip.Addr) *workloadapi.Service {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.byVIP[ip.Unmap()]
+}
+
+// Workloads returns every workload, sorted by namespace and name.
+func (x *Index) Workloads() []*workloadapi.Workload {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make([]*workloadapi.Workload, 0, len(x.workloads))
+	for _, w := range x.workloads {
+		out = append(out, w)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].GetNamespace()+"/"+out[i].GetName() < out[j].GetNamespace()+"/"+out[j].GetName()
+	})
+	return out
+}
+
+// Services returns every service, sorted by key.
+func (x *Index) Services() []*workloadapi.Service {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make([]*workloadapi.Service, 0, len(x.services))
+	for _, s := range x.services {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return ServiceKey(out[i]) < ServiceKey(out[j]) })
+	return out
+}
+
+// endpoint is a chosen backend of a service.
+type endpoint struct {
+	w    *workloadapi.Workload
+	port uint16
+}
+
+// pickEndpoint chooses a healthy endpoint of svc serving servicePort, at
+// random, and maps the port to the endpoint's target port.
+func (x *Index) pickEndpoint(svc *workloadapi.Service, servicePort uint16) (endpoint, error) {
+	var target uint32
+	found := false
+	for _, p := range svc.GetPorts() {
+		if p.GetServicePort() == uint32(servicePort) {
+			target, found = p.GetTargetPort(), true
+		}
+	}
+	if !found {
+		return endpoint{}, fmt.Errorf("service %s has no port %d", ServiceKey(svc), servicePort)
+	}
+	key := ServiceKey(svc)
+	x.mu.RLock()
+	var cands []endpoint
+	for _, w := range x.workloads {
+		pl, ok := w.GetServices()[key]
+		if !ok || w.GetStatus() != workloadapi.WorkloadStatus_HEALTHY || len(w.GetAddresses()) == 0 {
+			continue
+		}
+		port := target
+		for _, p := range pl.GetPorts() {
+			if p.GetServicePort() == uint32(servicePort) && p.GetTargetPort() != 0 {
+				port = p.GetTargetPort()
+			}
+		}
+		if port == 0 {
+			continue // named port this endpoint does not have
+		}
+		cands = append(cands, endpoint{w: w, port: uint16(port)})
+	}
+	x.mu.RUnlock()
+	if len(cands) == 0 {
+		return endpoint{}, fmt.Errorf("no healthy upstream for service %s port %d", key, servicePort)
+	}
+	return cands[rand.IntN(len(cands))], nil
+}
+
+// Identity returns a workload's SPIFFE id (WDS elides cluster.local and
+// default).
+func Identity(w *workloadapi.Workload) identity.SPIFFE {
+	td, sa := w.GetTrustDomain(), w.GetServiceAccount()
+	if td == "" {
+		td = identity.DefaultTrustDomain
+	}
+	if sa == "" {
+		sa = "default"
+	}
+	return identity.SPIFFE{TrustDomain: td, Namespace: w.GetNamespace(), ServiceAccount: sa}
+}
+
+// WorkloadIP returns a workload's first address.
+func WorkloadIP(w *workloadapi.Workload) (netip.Addr, bool) {
+	for _, b := range w.GetAddresses() {
+		if ip, ok := netip.AddrFromSlice(b); ok {
+			return ip.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}
