@@ -1,0 +1,203 @@
+// Package model computes the ambient view the control plane serves to
+// ztunnels: a Workload for every pod (uid, addresses, identity, node,
+// tunnel protocol, services) and a Service for every Kubernetes Service
+// (VIP, ports), as upstream Istio's WDS resources.
+package model
+
+import (
+	"net/netip"
+	"sort"
+
+	"istio.io/istio/pkg/workloadapi"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+// Annotations and labels of the ambient data plane (as upstream).
+const (
+	AnnotationRedirection = "ambient.istio.io/redirection" // "enabled" once the pod's capture is in place
+	LabelDataplaneMode    = "istio.io/dataplane-mode"
+	DataplaneAmbient      = "ambient"
+	DataplaneNone         = "none"
+	DefaultCluster        = "Kubernetes"
+	DefaultDomain         = "cluster.local"
+)
+
+// Inputs is what the model is computed from.
+type Inputs struct {
+	Namespaces []*corev1.Namespace
+	Pods       []*corev1.Pod // with status (podIP, phase) and spec.nodeName filled
+	Services   []*corev1.Service
+	// ClusterIPs overrides spec.clusterIP (local mode allocates VIPs).
+	ClusterIPs map[string]string // namespace/name -> VIP
+	Cluster    string
+	Domain     string
+}
+
+// WorkloadName is the WDS resource name of a pod (upstream's form).
+func WorkloadName(cluster string, pod *corev1.Pod) string {
+	return cluster + "//Pod/" + pod.Namespace + "/" + pod.Name
+}
+
+// ServiceHostname is a service's cluster-local DNS name.
+func ServiceHostname(svc *corev1.Service, domain string) string {
+	return svc.Name + "." + svc.Namespace + ".svc." + domain
+}
+
+// ServiceName is the WDS resource name of a service: namespace/hostname.
+func ServiceName(svc *corev1.Service, domain string) string {
+	return svc.Namespace + "/" + ServiceHostname(svc, domain)
+}
+
+// Enrolled reports whether a pod belongs in the ambient mesh (facts §9):
+// pod label ambient, or namespace label ambient without pod label none;
+// never host-network pods.
+func Enrolled(pod *corev1.Pod, ns *corev1.Namespace) bool {
+	if pod.Spec.HostNetwork {
+		return false
+	}
+	if _, sidecar := pod.Annotations["sidecar.istio.io/status"]; sidecar {
+		return false
+	}
+	switch pod.Labels[LabelDataplaneMode] {
+	case DataplaneAmbient:
+		return true
+	case DataplaneNone:
+		return false
+	}
+	return ns != nil && ns.Labels[LabelDataplaneMode] == DataplaneAmbient
+}
+
+// Build returns every WDS Address resource by name.
+func Build(in Inputs) map[string]*workloadapi.Address {
+	if in.Cluster == "" {
+		in.Cluster = DefaultCluster
+	}
+	if in.Domain == "" {
+		in.Domain = DefaultDomain
+	}
+	out := map[string]*workloadapi.Address{}
+	type svcInfo struct {
+		svc   *corev1.Service
+		name  string
+		sel   labels.Selector
+		ports []*corev1.ServicePort
+	}
+	var svcs []svcInfo
+	for _, s := range in.Services {
+		name := ServiceName(s, in.Domain)
+		ws := &workloadapi.Service{Name: s.Name, Namespace: s.Namespace, Hostname: ServiceHostname(s, in.Domain)}
+		vip := s.Spec.ClusterIP
+		if v, ok := in.ClusterIPs[s.Namespace+"/"+s.Name]; ok {
+			vip = v
+		}
+		if ip, err := netip.ParseAddr(vip); err == nil {
+			ws.Addresses = append(ws.Addresses, &workloadapi.NetworkAddress{Address: ip.AsSlice()})
+		}
+		for _, p := range s.Spec.Ports {
+			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+				continue
+			}
+			ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(p.TargetPort.IntValue())})
+		}
+		out[name] = &workloadapi.Address{Type: &workloadapi.Address_Service{Service: ws}}
+		if len(s.Spec.Selector) > 0 {
+			info := svcInfo{svc: s, name: name, sel: labels.SelectorFromSet(s.Spec.Selector)}
+			for i := range s.Spec.Ports {
+				info.ports = append(info.ports, &s.Spec.Ports[i])
+			}
+			svcs = append(svcs, info)
+		}
+	}
+	for _, pod := range in.Pods {
+		ip, err := netip.ParseAddr(pod.Status.PodIP)
+		if err != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue // no address yet, or finished: nothing to route to
+		}
+		sa := pod.Spec.ServiceAccountName
+		if sa == "default" {
+			sa = ""
+		}
+		w := &workloadapi.Workload{
+			Uid: WorkloadName(in.Cluster, pod), Name: pod.Name, Namespace: pod.Namespace,
+			Addresses: [][]byte{ip.AsSlice()}, ServiceAccount: sa, Node: pod.Spec.NodeName,
+			CanonicalName: canonicalName(pod), CanonicalRevision: canonicalRevision(pod),
+			WorkloadType: workloadapi.WorkloadType_POD, WorkloadName: pod.Name, ClusterId: in.Cluster,
+			Status: workloadapi.WorkloadStatus_HEALTHY,
+		}
+		if pod.Status.Phase != corev1.PodRunning {
+			w.Status = workloadapi.WorkloadStatus_UNHEALTHY
+		}
+		if pod.Annotations[AnnotationRedirection] == "enabled" {
+			w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
+		}
+		if pod.Spec.HostNetwork {
+			w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
+		}
+		for _, s := range svcs {
+			if s.svc.Namespace != pod.Namespace || !s.sel.Matches(labels.Set(pod.Labels)) {
+				continue
+			}
+			pl := &workloadapi.PortList{}
+			for _, p := range s.ports {
+				if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+					continue
+				}
+				pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(targetPort(pod, p))})
+			}
+			if w.Services == nil {
+				w.Services = map[string]*workloadapi.PortList{}
+			}
+			w.Services[s.name] = pl
+		}
+		out[w.Uid] = &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
+	}
+	return out
+}
+
+// targetPort resolves a service port's target on one pod (named ports are
+// per pod).
+func targetPort(pod *corev1.Pod, p *corev1.ServicePort) int {
+	if p.TargetPort.StrVal != "" {
+		for _, c := range pod.Spec.Containers {
+			for _, cp := range c.Ports {
+				if cp.Name == p.TargetPort.StrVal {
+					return int(cp.ContainerPort)
+				}
+			}
+		}
+		return 0
+	}
+	if n := p.TargetPort.IntValue(); n != 0 {
+		return n
+	}
+	return int(p.Port)
+}
+
+func canonicalName(pod *corev1.Pod) string {
+	for _, k := range []string{"service.istio.io/canonical-name", "app.kubernetes.io/name", "app"} {
+		if v := pod.Labels[k]; v != "" {
+			return v
+		}
+	}
+	return pod.Name
+}
+
+func canonicalRevision(pod *corev1.Pod) string {
+	for _, k := range []string{"service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"} {
+		if v := pod.Labels[k]; v != "" {
+			return v
+		}
+	}
+	return "latest"
+}
+
+// Names returns the resource names of a set, sorted.
+func Names(set map[string]*workloadapi.Address) []string {
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
