@@ -213,3 +213,30 @@ func WorkloadIP(w *workloadapi.Workload) (netip.Addr, bool) {
 	}
 	return netip.Addr{}, false
 }
+
+// staleNames lists the resources of the index not in a full state.
+func (x *Index) staleNames(full []*workloadapi.Address) []string {
+	keep := map[string]bool{}
+	for _, a := range full {
+		if w := a.GetWorkload(); w != nil {
+			keep[w.GetUid()] = true
+		}
+		if s := a.GetService(); s != nil {
+			keep[ServiceKey(s)] = true
+		}
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var out []string
+	for uid := range x.workloads {
+		if !keep[uid] {
+			out = append(out, uid)
+		}
+	}
+	for k := range x.services {
+		if !keep[k] {
+			out = append(out, k)
+		}
+	}
+	return out
+}

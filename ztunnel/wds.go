@@ -1,0 +1,122 @@
+package ztunnel
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"istio.io/istio/pkg/workloadapi"
+)
+
+// Type URLs ztunnel subscribes to (as upstream).
+const (
+	addressType       = "type.googleapis.com/istio.workload.Address"
+	authorizationType = "type.googleapis.com/istio.security.Authorization"
+)
+
+// WDSClient keeps an Index in line with the control plane over delta ADS,
+// reconnecting with backoff (10 ms doubling to 15 s). While disconnected
+// the index keeps serving what it had.
+type WDSClient struct {
+	Conn   grpc.ClientConnInterface
+	Index  *Index
+	NodeID string
+	Logger *slog.Logger
+
+	synced atomic.Bool
+}
+
+// Synced reports whether the first full state has arrived on the current
+// stream.
+func (c *WDSClient) Synced() bool { return c.synced.Load() }
+
+// Run streams updates until ctx is done.
+func (c *WDSClient) Run(ctx context.Context) error {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	backoff := 10 * time.Millisecond
+	for ctx.Err() == nil {
+		got, err := c.stream(ctx)
+		c.synced.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if got {
+			backoff = 10 * time.Millisecond
+		}
+		c.Logger.Warn("WDS stream ended; reconnecting", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 15*time.Second)
+	}
+	return nil
+}
+
+func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(c.Conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		return false, fmt.Errorf("opening delta ADS: %w", err)
+	}
+	node := &corev3.Node{Id: c.NodeID}
+	for _, typ := range []string{addressType, authorizationType} {
+		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: typ, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+			return false, fmt.Errorf("subscribing to %s: %w", typ, err)
+		}
+	}
+	first := true
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			return gotResponse, err
+		}
+		gotResponse = true
+		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
+		if resp.GetTypeUrl() == addressType {
+			upserts := make([]*workloadapi.Address, 0, len(resp.GetResources()))
+			var bad error
+			for _, r := range resp.GetResources() {
+				a := &workloadapi.Address{}
+				if err := r.GetResource().UnmarshalTo(a); err != nil {
+					bad = fmt.Errorf("resource %s: %w", r.GetName(), err)
+					break
+				}
+				upserts = append(upserts, a)
+			}
+			if bad != nil {
+				ack.ErrorDetail = statusOf(bad)
+				c.Logger.Error("WDS update rejected", "err", bad)
+			} else {
+				removed := resp.GetRemovedResources()
+				if first {
+					// A new stream starts with the full state: forget
+					// what it no longer has.
+					removed = append(removed, c.Index.staleNames(upserts)...)
+					first = false
+				}
+				c.Index.Update(upserts, removed)
+				c.synced.Store(true)
+				c.Logger.Info("WDS update", "upserts", len(upserts), "removed", len(removed))
+			}
+		}
+		if err := st.Send(ack); err != nil {
+			return true, fmt.Errorf("acknowledging: %w", err)
+		}
+	}
+}
+
+func statusOf(err error) *rpcstatus.Status {
+	return &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+}
