@@ -2,6 +2,7 @@ package zds
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,150 +10,235 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/zdsapi"
 )
 
-// Handler is what ztunnel does with the pods the node agent sends.
+// Reconnect backoff of the client, as upstream ztunnel.
+const (
+	minBackoff = 10 * time.Millisecond
+	maxBackoff = 15 * time.Second
+)
+
+// Handler is what ztunnel does with the pods the node agent hands over.
+// Calls come one at a time, from the client's goroutine, and the agent
+// waits for each to return (at most AckTimeout), so they must not block
+// for long.
 type Handler interface {
-	// AddWorkload starts (or keeps, if the netns is the same) the proxy of
-	// a pod; it owns netns from then on.
+	// AddWorkload starts the proxy of a pod in netns, or keeps the running
+	// one if it already serves the same namespace (see NetnsID). The
+	// handler owns netns from then on, also when it returns an error; an
+	// error is sent as a nack and the stream stays up, so the handler may
+	// keep the pod and retry later.
 	AddWorkload(ctx context.Context, uid string, info *zdsapi.WorkloadInfo, netns *os.File) error
-	// DelWorkload stops a pod's proxy.
+	// DelWorkload stops a pod's proxy at once. Unknown uids are no error.
 	DelWorkload(ctx context.Context, uid string) error
-	// Reconcile runs after a snapshot: every pod not in keep is stopped.
+	// Reconcile comes when a snapshot is complete: every pod not in keep
+	// must be stopped (including pods the handler holds for a retry).
 	Reconcile(ctx context.Context, keep map[string]bool) error
 }
 
-// Client is ztunnel's side: it connects to the node agent and reconnects
-// (10 ms backoff doubling to 15 s) when the connection drops.
+// Client is ztunnel's end of ZDS. Run connects to the node agent, says
+// hello, passes the requests to the Handler and answers each, and
+// reconnects with backoff when the session ends.
 type Client struct {
-	Path    string
-	Handler Handler
-	Logger  *slog.Logger
-
-	ready atomic.Bool
+	path    string
+	handler Handler
+	logger  *slog.Logger
+	ready   atomic.Bool
 }
 
-// Ready reports whether the client is connected and has processed a
-// snapshot.
+// NewClient returns a client of the node agent's socket at socketPath. A
+// nil logger discards logs.
+func NewClient(socketPath string, h Handler, logger *slog.Logger) *Client {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Client{path: socketPath, handler: h, logger: logger.With("component", "zds-client")}
+}
+
+// Ready reports whether the client is connected to the node agent and has
+// processed the agent's snapshot (ztunnel's readiness also waits for the
+// handler's pending pods, which the handler knows).
 func (c *Client) Ready() bool { return c.ready.Load() }
 
-// Run keeps a session with the node agent until ctx is done.
+// Run keeps a session with the node agent until ctx is done, reconnecting
+// after 10 ms, doubling to 15 s while sessions keep failing before their
+// snapshot. It returns nil when ctx is done.
 func (c *Client) Run(ctx context.Context) error {
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+	if c.handler == nil {
+		return errors.New("ZDS client: no handler")
 	}
-	backoff := 10 * time.Millisecond
-	for ctx.Err() == nil {
-		err := c.session(ctx)
+	backoff := minBackoff
+	for {
+		synced, err := c.session(ctx)
 		c.ready.Store(false)
 		if ctx.Err() != nil {
 			return nil
 		}
-		c.Logger.Warn("ZDS session ended; reconnecting", "socket", c.Path, "err", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
+		if synced {
+			backoff = minBackoff
+		}
+		c.logger.Warn("ZDS session with the node agent ended; reconnecting", "socket", c.path, "err", err, "in", backoff)
+		if !sleep(ctx, backoff) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 15*time.Second)
-		if err == nil {
-			backoff = 10 * time.Millisecond
-		}
+		backoff = nextBackoff(backoff)
 	}
-	return nil
 }
 
-func (c *Client) session(ctx context.Context) error {
-	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: c.Path, Net: "unixpacket"})
+func nextBackoff(d time.Duration) time.Duration { return min(2*d, maxBackoff) }
+
+// session runs one connection; it reports whether the snapshot was
+// processed and why the session ended.
+func (c *Client) session(ctx context.Context) (synced bool, err error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unixpacket", c.path)
 	if err != nil {
-		return fmt.Errorf("connecting to node agent at %s: %w", c.Path, err)
+		return false, fmt.Errorf("connecting to the node agent: %w", err)
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		nc.Close()
+		return false, fmt.Errorf("connecting to the node agent: got a %T", nc)
+	}
+	defer uc.Close()
+	stop := context.AfterFunc(ctx, func() { uc.Close() })
 	defer stop()
-	if err := writeMessage(conn, &zdsapi.ZdsHello{Version: zdsapi.Version_V1}, nil); err != nil {
-		return fmt.Errorf("hello: %w", err)
+	if err := writeMessage(uc, &zdsapi.ZdsHello{Version: zdsapi.Version_V1}, nil); err != nil {
+		return false, fmt.Errorf("sending hello: %w", err)
 	}
-	s := &clientSession{c: c, snapshot: map[string]bool{}}
+	c.logger.Info("connected to the node agent", "socket", c.path)
+	s := newSession(c)
 	for {
-		m, err := readMessage(conn, readBuffer)
+		err := s.step(ctx, uc)
 		if err != nil {
-			return err
-		}
-		reply, err := s.handle(ctx, m)
-		if werr := writeMessage(conn, ack(reply), nil); werr != nil {
-			return fmt.Errorf("ack: %w", werr)
-		}
-		if err != nil {
-			return err // protocol violations end the session
+			return s.ok, err
 		}
 	}
 }
 
-type clientSession struct {
-	c            *Client
-	snapshot     map[string]bool
-	snapshotDone bool
+// session is the state of one connection.
+type session struct {
+	c        *Client
+	snapshot map[string]bool // uids sent before SnapshotSent
+	synced   bool            // SnapshotSent was received
+	ok       bool            // and reconciled without error
+	buf      []byte
+	oob      []byte
 }
 
-// handle processes one request; it returns the nack text ("" to ack) and,
-// for protocol violations, an error that ends the session.
-func (s *clientSession) handle(ctx context.Context, m message) (string, error) {
-	req := &zdsapi.WorkloadRequest{}
-	if err := proto.Unmarshal(m.data, req); err != nil {
-		m.closeFds()
-		return "malformed request", fmt.Errorf("%w: %v", ErrProtocol, err)
+func newSession(c *Client) *session {
+	return &session{
+		c:        c,
+		snapshot: map[string]bool{},
+		buf:      make([]byte, maxDatagram),
+		oob:      make([]byte, unix.CmsgSpace(4)), // exactly one descriptor, as upstream
 	}
+}
+
+// step reads one request, dispatches it and answers it. It returns an
+// error when the session must end: the connection failed, or the agent
+// broke the protocol (which is nacked first, as upstream).
+func (s *session) step(ctx context.Context, uc *net.UnixConn) error {
+	data, fd, err := readDatagram(uc, s.buf, s.oob)
+	if err != nil {
+		if errors.Is(err, ErrProtocol) {
+			if werr := writeMessage(uc, ackMessage("failure to read message: "+err.Error()), nil); werr != nil {
+				return errors.Join(err, fmt.Errorf("sending nack: %w", werr))
+			}
+		}
+		return err
+	}
+	nack, fatal := s.dispatch(ctx, data, fd)
+	if werr := writeMessage(uc, ackMessage(nack), nil); werr != nil {
+		return errors.Join(fatal, fmt.Errorf("sending answer: %w", werr))
+	}
+	return fatal
+}
+
+// dispatch handles one decoded datagram and the descriptor that came with
+// it, which it always consumes (to the handler, or closed). It returns the
+// nack text ("" to ack) and, when the session must end, an error.
+func (s *session) dispatch(ctx context.Context, data []byte, fd *os.File) (nack string, fatal error) {
 	violation := func(format string, args ...any) (string, error) {
-		m.closeFds()
-		msg := fmt.Sprintf(format, args...)
-		return msg, fmt.Errorf("%w: %s", ErrProtocol, msg)
+		if fd != nil {
+			fd.Close()
+		}
+		err := fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
+		s.c.logger.Warn("node agent broke the protocol", "err", err)
+		return "failure to process message: " + err.Error(), err
 	}
-	switch p := req.Payload.(type) {
-	case *zdsapi.WorkloadRequest_Add:
-		if len(m.fds) != 1 {
-			return violation("AddWorkload %s carried %d descriptors, want exactly 1", p.Add.GetUid(), len(m.fds))
+	req := &zdsapi.WorkloadRequest{}
+	if err := proto.Unmarshal(data, req); err != nil {
+		return violation("request does not decode: %v", err)
+	}
+	kind, uid := requestKind(req)
+	if req.GetPayload() == nil {
+		return violation("request without payload")
+	}
+	if uid == "" && kind != "SnapshotSent" {
+		return violation("%s without pod uid", kind)
+	}
+	if add := req.GetAdd(); add != nil {
+		if fd == nil {
+			return violation("AddWorkload of pod %s carries no netns descriptor", uid)
 		}
-		if p.Add.GetUid() == "" {
-			return violation("AddWorkload without uid")
+		if add.GetWorkloadInfo() == nil {
+			return violation("AddWorkload of pod %s has no workload info", uid)
 		}
-		netns := os.NewFile(uintptr(m.fds[0]), "netns-"+p.Add.GetUid())
-		if !s.snapshotDone {
-			s.snapshot[p.Add.GetUid()] = true
+		if !s.synced {
+			s.snapshot[uid] = true
 		}
-		if err := s.c.Handler.AddWorkload(ctx, p.Add.GetUid(), p.Add.GetWorkloadInfo(), netns); err != nil {
-			s.c.Logger.Warn("adding workload failed", "uid", p.Add.GetUid(), "err", err)
-			return err.Error(), nil // a nack; the session goes on
+		info := add.GetWorkloadInfo()
+		log := s.c.logger.With("uid", uid, "pod", info.GetNamespace()+"/"+info.GetName())
+		if err := s.c.handler.AddWorkload(ctx, uid, info, fd); err != nil {
+			log.Warn("starting the pod's proxy failed", "err", err)
+			return "failure to start proxy: " + err.Error(), nil
 		}
+		log.Info("pod added")
 		return "", nil
 	}
-	if len(m.fds) > 0 {
-		return violation("only AddWorkload may carry a descriptor")
+	if fd != nil {
+		return violation("%s carries a descriptor; only AddWorkload may", kind)
 	}
-	switch p := req.Payload.(type) {
+	switch req.GetPayload().(type) {
 	case *zdsapi.WorkloadRequest_Keep:
-		if s.snapshotDone {
-			return violation("KeepWorkload after the snapshot")
+		if s.synced {
+			return violation("KeepWorkload of pod %s after the snapshot", uid)
 		}
-		s.snapshot[p.Keep.GetUid()] = true
+		s.snapshot[uid] = true
+		s.c.logger.Info("pod kept without netns", "uid", uid)
 		return "", nil
 	case *zdsapi.WorkloadRequest_Del:
-		delete(s.snapshot, p.Del.GetUid())
-		if err := s.c.Handler.DelWorkload(ctx, p.Del.GetUid()); err != nil {
-			return err.Error(), nil
+		if !s.synced {
+			// Upstream leaves a pod deleted during the snapshot to the
+			// reconcile; stopping it now ends the same way, sooner.
+			delete(s.snapshot, uid)
 		}
+		if err := s.c.handler.DelWorkload(ctx, uid); err != nil {
+			s.c.logger.Warn("deleting a pod failed", "uid", uid, "err", err)
+			return "failure to delete proxy: " + err.Error(), nil
+		}
+		s.c.logger.Info("pod deleted", "uid", uid)
 		return "", nil
 	case *zdsapi.WorkloadRequest_SnapshotSent:
-		if s.snapshotDone {
+		if s.synced {
 			return violation("second SnapshotSent")
 		}
-		s.snapshotDone = true
-		if err := s.c.Handler.Reconcile(ctx, s.snapshot); err != nil {
-			return err.Error(), nil
+		s.synced = true
+		keep := s.snapshot
+		s.snapshot = nil
+		if err := s.c.handler.Reconcile(ctx, keep); err != nil {
+			// Stale proxies may still run: start over with a new session
+			// and a fresh snapshot.
+			err = fmt.Errorf("reconciling with the snapshot: %w", err)
+			return err.Error(), err
 		}
+		s.ok = true
 		s.c.ready.Store(true)
+		s.c.logger.Info("snapshot processed", "pods", len(keep))
 		return "", nil
 	}
 	return violation("unknown request")
