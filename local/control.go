@@ -345,9 +345,16 @@ func PrintStatus(out io.Writer, st *State, asJSON bool) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.PodCIDR, n.UnderlayIP, n.Netns)
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tIP\tPHASE\tRESTARTS\tMESSAGE")
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tIP\tPHASE\tMESH\tRESTARTS\tMESSAGE")
 	for _, p := range st.Pods {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Namespace, p.Name, p.Node, dash(p.IP), p.Phase, p.Restarts, dash(p.Message))
+		mesh := "-"
+		switch p.Redirection {
+		case "enabled":
+			mesh = "ambient (HBONE)"
+		case "pending":
+			mesh = "ambient (waiting for ztunnel)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Namespace, p.Name, p.Node, dash(p.IP), p.Phase, mesh, p.Restarts, dash(p.Message))
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "NAMESPACE\tSERVICE\tCLUSTER IP\tPORTS")

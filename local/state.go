@@ -53,6 +53,9 @@ type PodStatus struct {
 	Restarts       int      `json:"restarts"`
 	Log            string   `json:"log"`
 	Env            []string `json:"env,omitempty"` // resolved container environment
+	// Redirection is "enabled" once the pod is in the ambient mesh
+	// ("pending" while no ztunnel has taken it), empty otherwise.
+	Redirection string `json:"redirection,omitempty"`
 }
 
 // ServiceStatus describes one service.

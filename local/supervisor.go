@@ -39,6 +39,8 @@ type Supervisor struct {
 	services map[string]*corev1.Service
 	vips     *vipAllocator
 	wg       sync.WaitGroup
+	mesh     *meshParts
+	dirty    chan struct{} // the ambient model needs a push
 }
 
 // podProc is one pod: its spec, status and running process.
@@ -84,6 +86,17 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.fail(err)
 		return err
 	}
+	s.dirty = make(chan struct{}, 1)
+	if s.mesh, err = s.startMesh(ctx, s.state.Nodes); err != nil {
+		err = fmt.Errorf("mesh: %w", err)
+		s.fail(err)
+		return err
+	}
+	go s.pushLoop(ctx)
+	for _, ns := range snap.Namespaces() {
+		s.mesh.setNamespace(ns, false)
+	}
+	s.waitZtunnels(ctx, 20*time.Second)
 	for _, svc := range snap.Services() {
 		s.ensureService(svc)
 	}
@@ -116,6 +129,21 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 func (s *Supervisor) handle(ctx context.Context, ev filesource.Event) {
 	switch obj := ev.Object.(type) {
+	case *corev1.Namespace:
+		if s.mesh.setNamespace(obj, ev.Type == filesource.Deleted) {
+			s.Logger.Info("namespace changed; reconciling enrollment", "namespace", obj.Name, "labels", obj.Labels)
+			s.mu.Lock()
+			var inNS []*podProc
+			for _, p := range s.pods {
+				if p.spec.Namespace == obj.Name {
+					inNS = append(inNS, p)
+				}
+			}
+			s.mu.Unlock()
+			for _, p := range inNS {
+				s.reconcileEnrollment(ctx, p)
+			}
+		}
 	case *corev1.Pod:
 		if ev.Type == filesource.Deleted {
 			s.Logger.Info("pod deleted from config", "pod", ev.Key.Namespace+"/"+ev.Key.Name)
@@ -155,6 +183,35 @@ func (s *Supervisor) update(fn func()) {
 	})
 	if err := writeState(s.StateDir, &s.state); err != nil {
 		s.Logger.Error("writing state", "err", err)
+	}
+	if s.dirty != nil {
+		select {
+		case s.dirty <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// pushLoop pushes the ambient model whenever the state changed.
+func (s *Supervisor) pushLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.dirty:
+			s.pushModel()
+		}
+	}
+}
+
+// waitZtunnels waits until every node's ztunnel has connected to its
+// node agent.
+func (s *Supervisor) waitZtunnels(ctx context.Context, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for _, zs := range s.mesh.zdss {
+		for zs.Connected() == 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 
@@ -280,6 +337,7 @@ func (s *Supervisor) ensurePod(ctx context.Context, pod *corev1.Pod) {
 		s.Logger.Error("pod network", "pod", key, "err", err)
 		return
 	}
+	s.reconcileEnrollment(ctx, p)
 	argv, err := podArgv(pod)
 	if err == nil {
 		st.Env, err = podEnv(pod, st, s.binDir)
@@ -430,6 +488,13 @@ func (s *Supervisor) removePod(key string) {
 	}
 	<-p.done
 	st := p.status
+	if st.Redirection != "" && s.mesh != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := s.mesh.agents[p.node.Name].Unenroll(ctx, nodeagentPod(p)); err != nil {
+			s.Logger.Warn("pod unenrollment", "pod", key, "err", err)
+		}
+		cancel()
+	}
 	if st.Netns != "" && !p.spec.Spec.HostNetwork {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		if err := s.cni.del(ctx, p.node, st); err != nil {
@@ -457,6 +522,7 @@ func (s *Supervisor) teardown() {
 		go func() { defer wg.Done(); s.removePod(k) }()
 	}
 	wg.Wait()
+	s.mesh.stop()
 	s.wg.Wait()
 	if err := removeNamespaces(s.Logger); err != nil {
 		s.Logger.Warn("teardown", "err", err)

@@ -52,6 +52,14 @@ func createUnderlay() error {
 		if err := h.LinkAdd(br); err != nil {
 			return fmt.Errorf("underlay bridge: %w", err)
 		}
+		// The control plane listens on the bridge's address.
+		addr, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", controlPlaneIP, underlayPrefix.Bits()))
+		if err != nil {
+			return err
+		}
+		if err := h.AddrAdd(br, addr); err != nil {
+			return fmt.Errorf("underlay bridge address: %w", err)
+		}
 		return h.LinkSetUp(br)
 	})
 }

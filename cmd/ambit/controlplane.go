@@ -2,8 +2,6 @@ package main
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -130,33 +128,7 @@ func newNodeCredentialCmd(stateDir, rootCert, rootKey, trustDomain *string) *cob
 	return cmd
 }
 
-// writeCredential writes a credential as PEM files: cert-chain.pem, key.pem
-// (owner-only) and root-cert.pem.
+// writeCredential writes a credential as PEM files.
 func writeCredential(dir string, cred *tls.Certificate, auth *identity.Authority) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	var chain []byte
-	for _, der := range cred.Certificate {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(cred.PrivateKey)
-	if err != nil {
-		return err
-	}
-	files := []struct {
-		name string
-		data []byte
-		mode os.FileMode
-	}{
-		{"cert-chain.pem", chain, 0o644},
-		{"key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
-		{"root-cert.pem", identity.EncodeCerts(auth.Root()), 0o644},
-	}
-	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return fmt.Errorf("writing credential: %w", err)
-		}
-	}
-	return nil
+	return ca.WriteCredential(dir, cred, auth.Root())
 }

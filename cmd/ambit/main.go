@@ -36,6 +36,7 @@ func newRootCmd() *cobra.Command {
 		newSampleCmd(),       // sample.go: sample workloads
 		newControlPlaneCmd(), // controlplane.go: control plane (CA, later xDS)
 		newHBONEBenchCmd(),   // hbonebench.go: HBONE micro-benchmark
+		newZtunnelCmd(),      // ztunnel.go: the node proxy
 	)
 	return root
 }

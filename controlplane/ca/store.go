@@ -2,6 +2,7 @@ package ca
 
 import (
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -100,4 +101,35 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	e, ok := a.(equaler)
 	return ok && e.Equal(b)
+}
+
+// WriteCredential writes a credential as PEM files in dir: cert-chain.pem,
+// key.pem (owner-only) and root-cert.pem.
+func WriteCredential(dir string, cred *tls.Certificate, root *x509.Certificate) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	var chain []byte
+	for _, der := range cred.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cred.PrivateKey)
+	if err != nil {
+		return err
+	}
+	files := []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{"cert-chain.pem", chain, 0o644},
+		{"key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{"root-cert.pem", identity.EncodeCerts(root), 0o644},
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return fmt.Errorf("writing credential: %w", err)
+		}
+	}
+	return nil
 }

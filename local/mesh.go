@@ -1,0 +1,273 @@
+package local
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambit-mesh/ambit/controlplane"
+	"github.com/ambit-mesh/ambit/controlplane/ca"
+	"github.com/ambit-mesh/ambit/controlplane/model"
+	"github.com/ambit-mesh/ambit/controlplane/xds"
+	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/nodeagent"
+	"github.com/ambit-mesh/ambit/nsnet"
+	"github.com/ambit-mesh/ambit/zds"
+)
+
+// The control plane listens on the underlay, where every node reaches it.
+const (
+	controlPlaneIP   = "172.30.0.1"
+	controlPlanePort = 15012
+)
+
+// meshParts are the mesh components the supervisor runs: the control plane
+// (CA and WDS, on the underlay), one node agent per node (in this process,
+// as a kubelet's CNI hook would call it) and one ztunnel process per node,
+// inside the node's namespace.
+type meshParts struct {
+	s      *Supervisor
+	logger *slog.Logger
+	xds    *xds.Server
+	grpc   *grpc.Server
+	agents map[string]*nodeagent.Agent
+	zdss   map[string]*zds.Server
+
+	mu         sync.Mutex
+	namespaces map[string]*corev1.Namespace
+}
+
+func (s *Supervisor) nodeDir(node string) string { return filepath.Join(s.StateDir, "nodes", node) }
+
+// ZtunnelLog is the log file of a node's ztunnel.
+func (p Paths) ZtunnelLog(node string) string { return filepath.Join(p.Dir, "ztunnel-"+node+".log") }
+
+// startMesh brings up the control plane, node agents and ztunnels.
+func (s *Supervisor) startMesh(ctx context.Context, nodes []NodeStatus) (*meshParts, error) {
+	m := &meshParts{s: s, logger: s.Logger, agents: map[string]*nodeagent.Agent{}, zdss: map[string]*zds.Server{}, namespaces: map[string]*corev1.Namespace{}}
+	td := identity.DefaultTrustDomain
+	auth, _, err := ca.LoadOrCreate(filepath.Join(s.StateDir, "ca"), td, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	caSrv, err := ca.NewServer(auth, ca.Options{TrustDomain: td, Logger: s.Logger.With("component", "ca"),
+		Pods: controlplane.PodIndex{Snapshot: func() controlplane.PodLister { return podLister(s.enrichedPods()) }}})
+	if err != nil {
+		return nil, err
+	}
+	serving, err := auth.IssueTLS(ca.ServerIdentity(td), 30*24*time.Hour, time.Now(), nil)
+	if err != nil {
+		return nil, err
+	}
+	m.xds = xds.New(ctx, s.Logger.With("component", "xds"))
+	m.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.ServerTLSConfig(serving))))
+	caSrv.Register(m.grpc)
+	m.xds.Register(m.grpc)
+	l, err := nsnet.Listen(ctx, netnsPath(underlayNetns), fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort), nsnet.SocketOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("control plane: %w", err)
+	}
+	go func() { _ = m.grpc.Serve(l) }()
+	s.Logger.Info("control plane up", "addr", l.Addr().String())
+
+	for _, n := range nodes {
+		dir := s.nodeDir(n.Name)
+		cred, err := ca.IssueNodeCredential(auth, td, n.Name, 7*24*time.Hour, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		if err := ca.WriteCredential(dir, cred, auth.Root()); err != nil {
+			return nil, err
+		}
+		zs, err := zds.NewServer(filepath.Join(dir, "ztunnel.sock"), s.Logger.With("component", "node-agent", "node", n.Name))
+		if err != nil {
+			return nil, err
+		}
+		go func() { _ = zs.Run(ctx) }()
+		m.zdss[n.Name] = zs
+		m.agents[n.Name] = &nodeagent.Agent{Node: n.Name, ZDS: zs, Logger: s.Logger.With("component", "node-agent")}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.runZtunnel(ctx, n, dir) }()
+	}
+	return m, nil
+}
+
+// stop shuts the control plane down.
+func (m *meshParts) stop() {
+	if m != nil && m.grpc != nil {
+		m.grpc.Stop()
+	}
+}
+
+type podLister []*corev1.Pod
+
+func (l podLister) Pods() []*corev1.Pod { return l }
+
+// runZtunnel runs a node's ztunnel inside the node namespace, restarting
+// it if it exits, until ctx is done (then it drains it with SIGTERM).
+func (s *Supervisor) runZtunnel(ctx context.Context, n NodeStatus, dir string) {
+	backoff := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		logf, err := os.OpenFile(s.paths.ZtunnelLog(n.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			s.Logger.Error("ztunnel log", "err", err)
+			return
+		}
+		cmd := exec.Command(s.self, "local", "nsexec", n.Netns, "--", s.self, "ztunnel",
+			"--node", n.Name, "--control-plane", fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort),
+			"--credential-dir", dir, "--zds-socket", filepath.Join(dir, "ztunnel.sock"),
+			"--admin", "127.0.0.1:15000", "--readiness", ":15021", "--log-format", "json")
+		cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
+		cmd.Env = []string{"PATH=" + s.binDir + ":/usr/sbin:/usr/bin:/sbin:/bin"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			logf.Close()
+			s.Logger.Error("starting ztunnel", "node", n.Name, "err", err)
+			return
+		}
+		s.Logger.Info("ztunnel started", "node", n.Name, "pid", cmd.Process.Pid)
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		select {
+		case err := <-waited:
+			logf.Close()
+			s.Logger.Warn("ztunnel exited; restarting", "node", n.Name, "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, 10*time.Second)
+		case <-ctx.Done():
+			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
+			select {
+			case <-waited:
+			case <-time.After(10 * time.Second):
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-waited
+			}
+			logf.Close()
+			return
+		}
+	}
+}
+
+// setNamespace records a namespace and returns whether its labels changed.
+func (m *meshParts) setNamespace(ns *corev1.Namespace, deleted bool) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.namespaces[ns.Name]
+	if deleted {
+		delete(m.namespaces, ns.Name)
+		return old != nil
+	}
+	m.namespaces[ns.Name] = ns
+	if old == nil {
+		return true
+	}
+	a, _ := json.Marshal(old.Labels)
+	b, _ := json.Marshal(ns.Labels)
+	return string(a) != string(b)
+}
+
+func (m *meshParts) namespace(name string) *corev1.Namespace {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.namespaces[name]
+}
+
+// enrichedPods returns the pods as the control plane sees them: their
+// spec with the node chosen, and a status with IP, phase and redirection.
+func (s *Supervisor) enrichedPods() []*corev1.Pod {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*corev1.Pod
+	for _, p := range s.pods {
+		pod := p.spec.DeepCopy()
+		pod.Spec.NodeName = p.status.Node
+		pod.Status.PodIP = p.status.IP
+		switch p.status.Phase {
+		case "Running":
+			pod.Status.Phase = corev1.PodRunning
+		case "Succeeded":
+			pod.Status.Phase = corev1.PodSucceeded
+		case "Failed":
+			pod.Status.Phase = corev1.PodFailed
+		default:
+			pod.Status.Phase = corev1.PodPending
+		}
+		if p.status.Redirection != "" {
+			if pod.Annotations == nil {
+				pod.Annotations = map[string]string{}
+			}
+			pod.Annotations[model.AnnotationRedirection] = p.status.Redirection
+		}
+		out = append(out, pod)
+	}
+	return out
+}
+
+// pushModel recomputes the ambient model and sends what changed.
+func (s *Supervisor) pushModel() {
+	if s.mesh == nil {
+		return
+	}
+	s.mu.Lock()
+	var svcs []*corev1.Service
+	vips := map[string]string{}
+	for _, svc := range s.services {
+		svcs = append(svcs, svc)
+	}
+	for _, st := range s.state.Services {
+		vips[st.Namespace+"/"+st.Name] = st.ClusterIP
+	}
+	s.mu.Unlock()
+	set := model.Build(model.Inputs{Pods: s.enrichedPods(), Services: svcs, ClusterIPs: vips})
+	if err := s.mesh.xds.Update(set); err != nil {
+		s.Logger.Error("pushing the model", "err", err)
+	}
+}
+
+// reconcileEnrollment enrolls or removes a pod as its labels and its
+// namespace's say, live, without restarting it.
+func (s *Supervisor) reconcileEnrollment(ctx context.Context, p *podProc) {
+	if s.mesh == nil || p.status.Netns == "" || p.spec.Spec.HostNetwork {
+		return
+	}
+	want := model.Enrolled(p.spec, s.mesh.namespace(p.spec.Namespace))
+	agent := s.mesh.agents[p.node.Name]
+	ap := nodeagentPod(p)
+	s.mu.Lock()
+	have := p.status.Redirection != ""
+	s.mu.Unlock()
+	switch {
+	case want && !have:
+		state, err := agent.Enroll(ctx, ap)
+		if err != nil {
+			s.Logger.Error("enrollment", "pod", ap.Namespace+"/"+ap.Name, "err", err)
+			return
+		}
+		s.update(func() { p.status.Redirection = state })
+	case !want && have:
+		if err := agent.Unenroll(ctx, ap); err != nil {
+			s.Logger.Error("unenrollment", "pod", ap.Namespace+"/"+ap.Name, "err", err)
+		}
+		s.update(func() { p.status.Redirection = "" })
+	}
+}
+
+func nodeagentPod(p *podProc) nodeagent.Pod {
+	return nodeagent.Pod{UID: p.status.UID, Namespace: p.spec.Namespace, Name: p.spec.Name,
+		ServiceAccount: serviceAccount(p.spec), Netns: p.status.Netns, Annotations: p.spec.Annotations}
+}

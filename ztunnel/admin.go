@@ -1,0 +1,93 @@
+package ztunnel
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/netip"
+
+	"istio.io/istio/pkg/workloadapi"
+)
+
+// ConfigDump is what the admin endpoint's /config_dump returns.
+type ConfigDump struct {
+	Workloads []WorkloadDump `json:"workloads"`
+	Services  []ServiceDump  `json:"services"`
+	Pods      []PodInfo      `json:"pods"` // pods this ztunnel proxies
+}
+
+// WorkloadDump is one workload as ztunnel sees it.
+type WorkloadDump struct {
+	UID            string   `json:"uid"`
+	Name           string   `json:"name"`
+	Namespace      string   `json:"namespace"`
+	Addresses      []string `json:"addresses"`
+	Node           string   `json:"node"`
+	Identity       string   `json:"identity"`
+	TunnelProtocol string   `json:"protocol"`
+	Services       []string `json:"services,omitempty"`
+}
+
+// ServiceDump is one service as ztunnel sees it.
+type ServiceDump struct {
+	Name      string   `json:"name"`
+	Namespace string   `json:"namespace"`
+	Hostname  string   `json:"hostname"`
+	VIPs      []string `json:"vips"`
+	Ports     []string `json:"ports"`
+}
+
+// Dump returns the current view.
+func (z *Ztunnel) Dump() ConfigDump {
+	d := ConfigDump{Workloads: []WorkloadDump{}, Services: []ServiceDump{}, Pods: z.Pods()}
+	for _, w := range z.cfg.Index.Workloads() {
+		wd := WorkloadDump{UID: w.GetUid(), Name: w.GetName(), Namespace: w.GetNamespace(), Node: w.GetNode(),
+			Identity: Identity(w).String(), TunnelProtocol: w.GetTunnelProtocol().String()}
+		for _, a := range w.GetAddresses() {
+			if ip, ok := netip.AddrFromSlice(a); ok {
+				wd.Addresses = append(wd.Addresses, ip.String())
+			}
+		}
+		for s := range w.GetServices() {
+			wd.Services = append(wd.Services, s)
+		}
+		d.Workloads = append(d.Workloads, wd)
+	}
+	for _, s := range z.cfg.Index.Services() {
+		sd := ServiceDump{Name: s.GetName(), Namespace: s.GetNamespace(), Hostname: s.GetHostname()}
+		for _, a := range s.GetAddresses() {
+			if ip, ok := netip.AddrFromSlice(a.GetAddress()); ok {
+				sd.VIPs = append(sd.VIPs, ip.String())
+			}
+		}
+		for _, p := range s.GetPorts() {
+			sd.Ports = append(sd.Ports, portString(p))
+		}
+		d.Services = append(d.Services, sd)
+	}
+	return d
+}
+
+func portString(p *workloadapi.Port) string {
+	b, _ := json.Marshal(map[string]uint32{"port": p.GetServicePort(), "targetPort": p.GetTargetPort()})
+	return string(b)
+}
+
+// AdminHandler serves /config_dump and /healthz/ready; ready reports
+// readiness (connected to the control plane and the node agent).
+func (z *Ztunnel) AdminHandler(ready func() bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(z.Dump())
+	})
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
+		if !ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
