@@ -10,7 +10,7 @@ CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge \
                github.com/containernetworking/plugins/plugins/main/loopback
 UNIT_PKGS = $$(go list ./... | grep -v /test/e2e)
 
-.PHONY: deps build demo test vet test-unit test-fuzz test-e2e test-interop clean
+.PHONY: deps build demo test vet test-unit test-fuzz test-e2e test-interop bench bench-tools clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -41,6 +41,14 @@ test-e2e: build
 
 test-interop:
 	@if ls test/interop/*_test.go >/dev/null 2>&1; then cd test/interop && go test -count=1 -v -timeout 10m ./...; fi
+
+## bench-tools: fortio, built from its Go module into bin/
+bench-tools:
+	@test -x $(BIN)/fortio || GOBIN=$(BIN) go install fortio.org/fortio@v1.66.5
+
+## bench: the data-path benchmark (direct vs Ambit vs stunnel), table to bench/results/
+bench: deps build bench-tools
+	go run ./bench -bin $(BIN) -out bench/results
 
 clean:
 	rm -rf $(BIN)

@@ -177,9 +177,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Client to upstream: on the client's END_STREAM, half-close upstream.
-	upDone := make(chan struct{})
 	go func() {
-		defer close(upDone)
 		buf := make([]byte, 64<<10)
 		_, err := io.CopyBuffer(upstream, r.Body, buf)
 		if cw, ok := upstream.(interface{ CloseWrite() error }); ok && err == nil {
@@ -204,11 +202,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
-	// Upstream finished sending. Returning ends our side of the stream;
-	// give the client a moment to finish its side first, so a half-closed
-	// exchange completes in order.
-	select {
-	case <-upDone:
-	case <-time.After(time.Second):
-	}
+	// Upstream finished sending: returning ends the stream (END_STREAM).
+	// Go's HTTP/2 server cannot half-close a response while it keeps
+	// reading the request, so a client still sending is reset; apps that
+	// close their write side first and keep reading are not supported yet.
 }
