@@ -39,6 +39,8 @@ type Config struct {
 	Logger      *slog.Logger
 	// AccessLog receives one line per connection (default: Logger).
 	AccessLog *slog.Logger
+	// Metrics, if set, counts connections and bytes.
+	Metrics *Metrics
 }
 
 // Ztunnel runs one proxy per enrolled pod. It implements zds.Handler.
@@ -381,12 +383,22 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 		log.fail(p.z.cfg.AccessLog, errors.New("connection to a ztunnel port refused"))
 		return
 	}
+	ml := connLabels{reporter: "source", src: p.z.cfg.Index.WorkloadByIP(src.Addr()), srcID: p.id, srcNS: p.info.GetNamespace(), srcName: p.info.GetName()}
 	rt, err := p.z.resolve(orig)
 	if err != nil {
 		log.fail(p.z.cfg.AccessLog, err)
+		ml.responseFlags = "CONNECT"
+		p.z.cfg.Metrics.fail(ml)
 		return
 	}
 	log.route = rt
+	ml.dst, ml.service, ml.mtls = rt.dst, rt.service, rt.kind == "hbone"
+	if rt.dst != nil {
+		ml.dstNS, ml.dstName = rt.dst.GetNamespace(), rt.dst.GetName()
+		if ml.mtls {
+			ml.dstID = rt.expect
+		}
+	}
 	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
 	var up net.Conn
 	switch rt.kind {
@@ -409,12 +421,16 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 	cancel()
 	if err != nil {
 		log.fail(p.z.cfg.AccessLog, err)
+		ml.responseFlags = "CONNECT"
+		p.z.cfg.Metrics.fail(ml)
 		return
 	}
 	defer up.Close()
 	untrack := p.track(up)
 	defer untrack()
+	closed := p.z.cfg.Metrics.open(ml)
 	log.sent, log.recv = pipe(c, up)
+	closed(log.recv, log.sent)
 	log.done(p.z.cfg.AccessLog)
 }
 
@@ -435,16 +451,25 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn
 	if src, ok := r.RemoteAddr.(*net.TCPAddr); ok {
 		srcIP = src.AddrPort().Addr().Unmap()
 	}
+	ml := connLabels{reporter: "destination", src: p.z.cfg.Index.WorkloadByIP(srcIP), srcID: r.Peer, srcNS: r.Peer.Namespace,
+		dst: p.z.cfg.Index.WorkloadByIP(r.Target.Addr.Addr()), dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), mtls: true}
+	if ml.src != nil {
+		ml.srcName = ml.src.GetName()
+	}
 	up, err := p.dialApp(ctx, srcIP, r.Target.Addr)
 	if err != nil {
+		ml.responseFlags = "CONNECT"
+		p.z.cfg.Metrics.fail(ml)
 		return nil, &hbone.StatusError{Code: http.StatusServiceUnavailable, Reason: "connecting to the application: " + err.Error()}
 	}
+	closed := p.z.cfg.Metrics.open(ml)
 	untrack := p.track(up)
 	attrs := []any{"direction", "inbound", "src.addr", r.RemoteAddr.String(), "src.identity", r.Peer.String(),
 		"dst.addr", r.Target.String(), "dst.hbone_addr", r.Target.String(), "dst.namespace", p.info.GetNamespace(),
 		"dst.workload", p.info.GetName(), "dst.identity", p.id.String()}
 	return &loggedConn{Conn: up, start: time.Now(), onClose: func(sent, recv int64, d time.Duration) {
 		untrack()
+		closed(sent, recv)
 		p.z.cfg.AccessLog.Info("connection complete", append(attrs, "bytes_sent", sent, "bytes_recv", recv,
 			"duration", d.Round(time.Millisecond).String())...)
 	}}, nil
@@ -463,17 +488,26 @@ func (p *podProxy) inboundPlain(c *net.TCPConn) {
 		log.fail(p.z.cfg.AccessLog, errors.New("plaintext to a ztunnel port"))
 		return
 	}
+	ml := connLabels{reporter: "destination", src: p.z.cfg.Index.WorkloadByIP(src.Addr()), dst: p.z.cfg.Index.WorkloadByIP(orig.Addr()),
+		dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName()}
+	if ml.src != nil {
+		ml.srcNS, ml.srcName = ml.src.GetNamespace(), ml.src.GetName()
+	}
 	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
 	up, err := p.dialApp(ctx, src.Addr(), orig)
 	cancel()
 	if err != nil {
 		log.fail(p.z.cfg.AccessLog, err)
+		ml.responseFlags = "CONNECT"
+		p.z.cfg.Metrics.fail(ml)
 		return
 	}
 	defer up.Close()
 	untrack := p.track(up)
 	defer untrack()
+	closed := p.z.cfg.Metrics.open(ml)
 	log.sent, log.recv = pipe(c, up)
+	closed(log.recv, log.sent)
 	log.done(p.z.cfg.AccessLog)
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
@@ -132,6 +133,7 @@ type mesh struct {
 	ips    map[string]string
 	index  *Index
 	zt     map[string]*Ztunnel // ztunnel per "node"
+	met    map[string]*Metrics
 	logs   map[string]*logBuffer
 	certs  *caclient.Manager
 	ztPods map[string]string // pod -> node
@@ -154,7 +156,7 @@ func workload(name, ip, sa string, hbone bool, svc string, port uint32) *workloa
 func newMesh(t *testing.T) *mesh {
 	nstest.RequireRoot(t)
 	m := &mesh{pods: map[string]string{}, ips: map[string]string{"a": "10.77.0.2", "b": "10.77.0.3", "c": "10.77.0.4", "d": "10.77.0.5"},
-		index: NewIndex(), zt: map[string]*Ztunnel{}, logs: map[string]*logBuffer{}}
+		index: NewIndex(), zt: map[string]*Ztunnel{}, logs: map[string]*logBuffer{}, met: map[string]*Metrics{}}
 	members := map[string]string{}
 	for _, p := range []string{"a", "b", "c", "d"} {
 		m.pods[p] = nstest.Netns(t)
@@ -181,7 +183,8 @@ func newMesh(t *testing.T) *mesh {
 	for _, node := range []string{"node1", "node2"} {
 		lb := &logBuffer{}
 		m.logs[node] = lb
-		m.zt[node] = New(Config{Index: m.index, Certs: m.certs, Logger: slog.New(slog.NewJSONHandler(lb, nil))})
+		m.met[node] = NewMetrics()
+		m.zt[node] = New(Config{Index: m.index, Certs: m.certs, Logger: slog.New(slog.NewJSONHandler(lb, nil)), Metrics: m.met[node]})
 		zt := m.zt[node]
 		t.Cleanup(func() { zt.Drain(context.Background()) })
 	}
@@ -220,6 +223,18 @@ func TestMeshTraffic(t *testing.T) {
 		m.logs["node1"].waitFor(t, map[string]string{"msg": "connection complete", "direction": "outbound", "route": "hbone",
 			"src.identity": clientID, "dst.identity": echoID, "dst.hbone_addr": m.ips["b"] + ":8080"})
 		m.logs["node2"].waitFor(t, map[string]string{"msg": "connection complete", "direction": "inbound", "src.identity": clientID, "dst.identity": echoID})
+		for node, want := range map[string][]string{
+			"node1": {`istio_tcp_connections_opened_total{`, `reporter="source"`, `source_principal="spiffe://cluster.local/ns/demo/sa/client"`, `destination_principal="spiffe://cluster.local/ns/demo/sa/echo"`, `connection_security_policy="mutual_tls"`, `destination_workload="b"`},
+			"node2": {`istio_tcp_connections_closed_total{`, `reporter="destination"`, `source_principal="spiffe://cluster.local/ns/demo/sa/client"`, `source_workload="a"`, `request_protocol="tcp"`, `istio_tcp_sent_bytes_total{`},
+		} {
+			rec := httptest.NewRecorder()
+			m.met[node].Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			for _, w := range want {
+				if !strings.Contains(rec.Body.String(), w) {
+					t.Errorf("%s metrics lack %s:\n%s", node, w, rec.Body.String())
+				}
+			}
+		}
 	})
 	t.Run("service VIP to an endpoint", func(t *testing.T) {
 		got, err := ask(t, m.pods["a"], "10.77.100.1:80")

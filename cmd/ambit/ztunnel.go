@@ -26,7 +26,7 @@ import (
 
 func newZtunnelCmd() *cobra.Command {
 	var (
-		cpAddr, credDir, node, zdsSocket, adminAddr, readyAddr, trustDomain, logFormat string
+		cpAddr, credDir, node, zdsSocket, adminAddr, readyAddr, metricsAddr, trustDomain, logFormat string
 	)
 	cmd := &cobra.Command{
 		Use:   "ztunnel",
@@ -65,7 +65,8 @@ func newZtunnelCmd() *cobra.Command {
 			certs := caclient.NewManager(&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(conn), Impersonate: true}, nil, log)
 			defer certs.Close()
 			index := ztunnel.NewIndex()
-			zt := ztunnel.New(ztunnel.Config{Index: index, Certs: certs, TrustDomain: trustDomain, Logger: log, AccessLog: log.With("scope", "access")})
+			metrics := ztunnel.NewMetrics()
+			zt := ztunnel.New(ztunnel.Config{Index: index, Certs: certs, TrustDomain: trustDomain, Logger: log, AccessLog: log.With("scope", "access"), Metrics: metrics})
 			wds := &ztunnel.WDSClient{Conn: conn, Index: index, NodeID: "ztunnel~" + node, Logger: log}
 			zc := zds.NewClient(zdsSocket, zt, log)
 			ready := func() bool { return wds.Synced() && zc.Ready() }
@@ -82,6 +83,16 @@ func newZtunnelCmd() *cobra.Command {
 				}
 				go func() { _ = admin.Serve(l) }()
 			}
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", metrics.Handler())
+			mux.Handle("/stats/prometheus", metrics.Handler())
+			ml, err := net.Listen("tcp", metricsAddr)
+			if err != nil {
+				return fmt.Errorf("listen %s: %w", metricsAddr, err)
+			}
+			msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+			go func() { _ = msrv.Serve(ml) }()
+			defer msrv.Close()
 			log.Info("ztunnel running", "controlPlane", cpAddr, "zds", zdsSocket, "admin", adminAddr)
 			<-ctx.Done()
 			log.Info("draining")
@@ -99,6 +110,7 @@ func newZtunnelCmd() *cobra.Command {
 	f.StringVar(&zdsSocket, "zds-socket", "/var/run/ztunnel/ztunnel.sock", "the node agent's ZDS socket")
 	f.StringVar(&adminAddr, "admin", "127.0.0.1:15000", "admin address (/config_dump)")
 	f.StringVar(&readyAddr, "readiness", ":15021", "readiness address (/healthz/ready)")
+	f.StringVar(&metricsAddr, "metrics", ":15020", "Prometheus metrics address (/metrics, /stats/prometheus)")
 	f.StringVar(&trustDomain, "trust-domain", identity.DefaultTrustDomain, "trust domain")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	return cmd

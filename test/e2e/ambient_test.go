@@ -137,6 +137,15 @@ func TestAmbientMesh(t *testing.T) {
 		findLog(t, stateDir, "node1", map[string]string{"direction": "outbound", "route": "hbone", "src.identity": clientID, "dst.identity": echoID})
 		findLog(t, stateDir, "node2", map[string]string{"direction": "inbound", "src.identity": clientID, "dst.identity": echoID, "dst.workload": "echo-2"})
 		findLog(t, stateDir, "node1", map[string]string{"direction": "outbound", "dst.service": "echo.demo.svc.cluster.local", "src.identity": clientID})
+		out, err := exec.Command("ip", "netns", "exec", "ambit-node1", "curl", "-sS", "-m", "5", "http://127.0.0.1:15020/metrics").CombinedOutput()
+		if err != nil {
+			t.Fatalf("metrics: %v %s", err, out)
+		}
+		for _, want := range []string{"istio_tcp_connections_opened_total{", `source_principal="` + clientID + `"`, `destination_service="echo.demo.svc.cluster.local"`, `connection_security_policy="mutual_tls"`} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("node1 metrics lack %s", want)
+			}
+		}
 	})
 
 	t.Run("only TLS to 15008 crosses the underlay", func(t *testing.T) {
