@@ -38,6 +38,11 @@ func TestParseSPIFFE(t *testing.T) {
 		"spiffe://Cluster.Local/ns/demo/sa/client", "spiffe:///ns/demo/sa/client", "spiffe://cluster.local/ns/Demo/sa/client",
 		"spiffe://cluster.local/ns/demo/sa/client?x=1", "spiffe://cluster.local/ns/demo/sa/client#f", "spiffe://user@cluster.local/ns/a/sa/b",
 		"spiffe://cluster.local:80/ns/a/sa/b", "spiffe://cluster.local/ns/a/sa/b/", "spiffe://cluster.local/ns/a%2Fb/sa/c",
+		"SPIFFE://cluster.local/ns/a/sa/b", "spiffe://cluster.local/ns/a/sa/B", "spiffe://cluster.local/ns/a/sa/b ", " spiffe://cluster.local/ns/a/sa/b",
+		"spiffe://cluster.local//ns/a/sa/b", "spiffe://cluster.local/ns/./sa/b", "spiffe://cluster.local/ns/a/sa/..", "spiffe://cluster.local/ns/a/sa/b\x00",
+		"spiffe://cluster.local/NS/a/sa/b", "spiffe://cluster.local/ns/a/SA/b", "spiffe://clu%73ter.local/ns/a/sa/b", "spiffe://[::1]/ns/a/sa/b",
+		"spiffe://cluster.local/ns/" + strings.Repeat("a", 64) + "/sa/b", "spiffe://" + strings.Repeat("a", 256) + "/ns/a/sa/b",
+		"spiffe://cluster.local/ns/a-/sa/b", "spiffe://cluster.local/ns/a/sa/-b", "spiffe://cluster.local/ns/a/sa/b_c",
 	}
 	for _, in := range bad {
 		if id, err := identity.ParseSPIFFE(in); err == nil {

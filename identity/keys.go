@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -32,14 +33,24 @@ func NewCSR(key *ecdsa.PrivateKey, id SPIFFE) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
 }
 
-// ParseCSR decodes a PEM CSR and checks its signature. SANs are returned
-// unchecked: the CA decides what identity it grants.
+// MaxCSRSize bounds the PEM CSR a CA accepts.
+const MaxCSRSize = 16 << 10
+
+// ParseCSR decodes a PEM CSR and checks its signature and key (ECDSA P-256
+// or P-384). SANs are returned unchecked: the CA decides what identity it
+// grants.
 func ParseCSR(pemBytes []byte) (*x509.CertificateRequest, error) {
-	block, rest := pem.Decode(pemBytes)
+	if len(pemBytes) > MaxCSRSize {
+		return nil, fmt.Errorf("CSR of %d bytes, at most %d accepted", len(pemBytes), MaxCSRSize)
+	}
+	block, rest, err := decodePEM(pemBytes)
+	if err != nil {
+		return nil, fmt.Errorf("CSR: %w", err)
+	}
 	if block == nil || block.Type != "CERTIFICATE REQUEST" {
 		return nil, errors.New("CSR is not a PEM \"CERTIFICATE REQUEST\" block")
 	}
-	if len(pemBytes) > 64<<10 || len(rest) > 0 && len(trimSpace(rest)) > 0 {
+	if len(trimSpace(rest)) > 0 {
 		return nil, errors.New("CSR has trailing data")
 	}
 	csr, err := x509.ParseCertificateRequest(block.Bytes)
@@ -55,9 +66,30 @@ func ParseCSR(pemBytes []byte) (*x509.CertificateRequest, error) {
 			return nil, fmt.Errorf("CSR key: ECDSA curve %s not accepted (want P-256 or P-384)", pub.Curve.Params().Name)
 		}
 	default:
-		return nil, fmt.Errorf("CSR key: %T not accepted (want ECDSA P-256)", pub)
+		return nil, fmt.Errorf("CSR key: %T not accepted (want ECDSA P-256 or P-384)", pub)
 	}
 	return csr, nil
+}
+
+// decodePEM decodes the next PEM block of data, which may be preceded by
+// white space only (pem.Decode would skip any text). It returns a nil block
+// when data holds only white space.
+func decodePEM(data []byte) (*pem.Block, []byte, error) {
+	data = trimSpace(data)
+	if len(data) == 0 {
+		return nil, nil, nil
+	}
+	if !bytes.HasPrefix(data, []byte("-----BEGIN ")) {
+		return nil, nil, errors.New("data that is not PEM")
+	}
+	block, rest := pem.Decode(data)
+	if block == nil {
+		return nil, nil, errors.New("malformed PEM block")
+	}
+	if len(block.Headers) > 0 {
+		return nil, nil, fmt.Errorf("PEM block %q has headers (encrypted or not plain DER)", block.Type)
+	}
+	return block, rest, nil
 }
 
 func trimSpace(b []byte) []byte {
@@ -76,26 +108,27 @@ func EncodeCerts(certs ...*x509.Certificate) []byte {
 	return out
 }
 
-// ParseCerts decodes every PEM certificate in data; there must be at least one.
+// ParseCerts decodes every PEM certificate in data; there must be at least
+// one, and nothing but white space around them.
 func ParseCerts(data []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
+		block, rest, err := decodePEM(data)
+		if err != nil {
+			return nil, fmt.Errorf("after %d certificates: %w", len(certs), err)
+		}
 		if block == nil {
 			break
 		}
+		data = rest
 		if block.Type != "CERTIFICATE" {
 			return nil, fmt.Errorf("unexpected PEM block %q where certificates were expected", block.Type)
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("parsing certificate: %w", err)
+			return nil, fmt.Errorf("parsing certificate %d: %w", len(certs), err)
 		}
 		certs = append(certs, c)
-	}
-	if len(trimSpace(data)) > 0 {
-		return nil, errors.New("trailing data after PEM certificates")
 	}
 	if len(certs) == 0 {
 		return nil, errors.New("no PEM certificates found")

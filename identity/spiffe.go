@@ -41,14 +41,35 @@ func (id SPIFFE) IsZero() bool { return id == SPIFFE{} }
 
 // Validate checks every part of the id.
 func (id SPIFFE) Validate() error {
-	if _, err := spiffeid.TrustDomainFromString(id.TrustDomain); err != nil || id.TrustDomain == "" {
-		return fmt.Errorf("invalid SPIFFE trust domain %q", id.TrustDomain)
+	if err := ValidateTrustDomain(id.TrustDomain); err != nil {
+		return err
 	}
 	if msgs := validation.IsDNS1123Label(id.Namespace); len(msgs) > 0 {
 		return fmt.Errorf("invalid namespace %q in SPIFFE id: %s", id.Namespace, strings.Join(msgs, "; "))
 	}
 	if msgs := validation.IsDNS1123Subdomain(id.ServiceAccount); len(msgs) > 0 {
 		return fmt.Errorf("invalid service account %q in SPIFFE id: %s", id.ServiceAccount, strings.Join(msgs, "; "))
+	}
+	return nil
+}
+
+// maxTrustDomainLen is the SPIFFE limit on a trust domain name.
+const maxTrustDomainLen = 255
+
+// ValidateTrustDomain checks that td is a bare SPIFFE trust domain name
+// (lower-case letters, digits, '.', '-', '_'; not a spiffe:// URI).
+func ValidateTrustDomain(td string) error {
+	if td == "" || len(td) > maxTrustDomainLen {
+		return fmt.Errorf("invalid SPIFFE trust domain %q: want 1 to %d characters", td, maxTrustDomainLen)
+	}
+	// TrustDomainFromString also accepts a whole "spiffe://td" id: insist
+	// that the name it found is the input itself.
+	parsed, err := spiffeid.TrustDomainFromString(td)
+	if err != nil {
+		return fmt.Errorf("invalid SPIFFE trust domain %q: %w", td, err)
+	}
+	if parsed.Name() != td {
+		return fmt.Errorf("invalid SPIFFE trust domain %q: want a bare name such as %q", td, parsed.Name())
 	}
 	return nil
 }

@@ -2,26 +2,42 @@
 // istio.v1.auth.IstioCertificateService/CreateCertificate, wire-compatible
 // with Istio, and enforces who may get which identity.
 //
-// Callers authenticate with a client certificate from this CA:
+// Callers authenticate with a TLS client certificate that chains to this
+// CA's roots and carries an identity of its trust domain:
 //   - a workload certificate lets its holder renew its own identity, and
 //     nothing else;
-//   - a node-proxy credential (a certificate carrying the node-proxy
-//     extension, which the CA puts in no other certificate) lets the node's
-//     ztunnel request, through the ImpersonatedIdentity metadata key, the
-//     identity of any pod that runs on that node, and nothing else.
+//   - a node-proxy credential lets the node's ztunnel request, through the
+//     ImpersonatedIdentity metadata key, the identity of any service account
+//     that has a non-terminated pod on that node, and nothing else.
 //
-// Every refusal is a gRPC status that says why.
+// A node-proxy credential (IssueNodeCredential) is a certificate for
+// spiffe://<td>/ns/istio-system/sa/ztunnel that also carries a private
+// extension whose value is the node name. Only the CA's key can produce a
+// certificate with that extension, and CreateCertificate never puts it in
+// what it issues, so the node binding cannot be forged or widened: a pod
+// running as istio-system/ztunnel gets a plain workload certificate, and a
+// node credential never yields another node credential. The credential is
+// minted out of band (ambit local at node start, or `ambit controlplane
+// node-credential`) and handed only to that node's ztunnel.
+//
+// The CSR must name exactly the identity granted (one URI SAN, nothing
+// else); the CA copies only the public key from it. Every refusal is a
+// gRPC status that says why: Unauthenticated (no or untrusted credential),
+// PermissionDenied (authenticated, but not allowed that identity),
+// InvalidArgument (malformed request, CSR or SAN mismatch).
 package ca
 
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	securityapi "istio.io/api/security/v1alpha1"
@@ -62,21 +78,27 @@ type Options struct {
 	DefaultTTL  time.Duration // 0: 24 h
 	MaxTTL      time.Duration // 0: 90 days; longer requests are capped
 	Pods        PodIndex
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// ExtraRoots are trusted besides the signing root, during a root
+	// rotation: callers holding certificates from them are accepted, and
+	// they are published with the signing root at the end of every chain.
+	ExtraRoots []*x509.Certificate
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // Server is the CA service.
 type Server struct {
 	securityapi.UnimplementedIstioCertificateServiceServer
-	auth *identity.Authority
-	opts Options
+	auth     *identity.Authority
+	opts     Options
+	bundle   *identity.Bundle // signing root first, then ExtraRoots
+	rootsPEM string           // bundle in PEM: the last element of every response
 }
 
 // NewServer returns a CA service signing with auth.
 func NewServer(auth *identity.Authority, o Options) (*Server, error) {
-	if o.TrustDomain == "" {
-		return nil, errors.New("ca: trust domain required")
+	if err := identity.ValidateTrustDomain(o.TrustDomain); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
 	}
 	if o.Pods == nil {
 		return nil, errors.New("ca: pod index required (impersonation checks pods per node)")
@@ -96,17 +118,21 @@ func NewServer(auth *identity.Authority, o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Server{auth: auth, opts: o}, nil
+	if err := auth.Check(o.Now()); err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
+	}
+	bundle, err := identity.NewBundle(append([]*x509.Certificate{auth.Root()}, o.ExtraRoots...)...)
+	if err != nil {
+		return nil, fmt.Errorf("ca: roots: %w", err)
+	}
+	return &Server{auth: auth, opts: o, bundle: bundle, rootsPEM: string(bundle.PEM())}, nil
 }
 
 // Register adds the service to a gRPC server.
 func (s *Server) Register(g *grpc.Server) { securityapi.RegisterIstioCertificateServiceServer(g, s) }
 
-// Bundle returns the trust bundle of this CA.
-func (s *Server) Bundle() *identity.Bundle {
-	b, _ := identity.NewBundle(s.auth.Root())
-	return b
-}
+// Bundle returns the trust bundle of this CA: its root and any extra roots.
+func (s *Server) Bundle() *identity.Bundle { return s.bundle }
 
 // caller is an authenticated client.
 type caller struct {
@@ -127,7 +153,7 @@ func (s *Server) authenticate(ctx context.Context) (*caller, error) {
 	if len(certs) == 0 {
 		return nil, status.Error(codes.Unauthenticated, "no client certificate: present a workload certificate or a node-proxy credential issued by this CA")
 	}
-	id, err := s.Bundle().Verify(certs, s.opts.Now())
+	id, err := s.bundle.VerifyFor(certs, s.opts.Now(), x509.ExtKeyUsageClientAuth)
 	if err != nil {
 		return nil, status.Errorf(codes.Unauthenticated, "client certificate not trusted: %v", err)
 	}
@@ -164,28 +190,65 @@ func (s *Server) CreateCertificate(ctx context.Context, req *securityapi.IstioCe
 	}
 	csr, err := identity.ParseCSR([]byte(req.GetCsr()))
 	if err != nil {
+		s.opts.Logger.Warn("certificate refused", "caller", c.id.String(), "node", c.node, "reason", err)
 		return nil, status.Errorf(codes.InvalidArgument, "bad CSR: %v", err)
 	}
-	if len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 || len(csr.URIs) > 1 ||
-		(len(csr.URIs) == 1 && csr.URIs[0].String() != grant.String()) {
-		return nil, status.Errorf(codes.InvalidArgument, "CSR asks for SANs other than %s", grant)
+	if err := checkCSRSANs(csr, grant); err != nil {
+		s.opts.Logger.Warn("certificate refused", "caller", c.id.String(), "node", c.node, "reason", err)
+		return nil, status.Errorf(codes.InvalidArgument, "CSR for %s: %v", grant, err)
 	}
-	ttl := s.opts.DefaultTTL
-	if v := req.GetValidityDuration(); v < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "validity_duration %d is negative", v)
-	} else if v > 0 {
-		ttl = min(time.Duration(v)*time.Second, s.opts.MaxTTL)
+	ttl, err := s.ttl(req.GetValidityDuration())
+	if err != nil {
+		return nil, err
 	}
 	chain, err := s.auth.Issue(csr.PublicKey, grant, ttl, s.opts.Now(), nil)
 	if err != nil {
+		s.opts.Logger.Error("signing failed", "identity", grant.String(), "err", err)
 		return nil, status.Errorf(codes.Internal, "signing: %v", err)
 	}
+	// Leaf and intermediates one per element, then every trusted root in
+	// the last element (several during a rotation), as Istio's CA does.
 	resp := &securityapi.IstioCertificateResponse{}
-	for _, cert := range chain {
+	for _, cert := range chain[:len(chain)-1] {
 		resp.CertChain = append(resp.CertChain, string(identity.EncodeCerts(cert)))
 	}
+	resp.CertChain = append(resp.CertChain, s.rootsPEM)
 	s.opts.Logger.Info("certificate issued", "identity", grant.String(), "caller", c.id.String(), "node", c.node, "ttl", ttl, "notAfter", chain[0].NotAfter)
 	return resp, nil
+}
+
+// checkCSRSANs requires the CSR to ask for exactly grant: one URI SAN equal
+// to it and no SAN of any other kind.
+func checkCSRSANs(csr *x509.CertificateRequest, grant identity.SPIFFE) error {
+	if n := len(csr.DNSNames) + len(csr.IPAddresses) + len(csr.EmailAddresses); n > 0 {
+		return fmt.Errorf("asks for %d DNS, IP or e-mail SANs; only the SPIFFE URI is allowed", n)
+	}
+	switch len(csr.URIs) {
+	case 0:
+		return errors.New("has no URI SAN; it must name the identity requested")
+	case 1:
+		if got := csr.URIs[0].String(); got != grant.String() {
+			return fmt.Errorf("SAN %q does not match the identity granted", got)
+		}
+		return nil
+	default:
+		return fmt.Errorf("has %d URI SANs; exactly one is allowed", len(csr.URIs))
+	}
+}
+
+// ttl returns the lifetime for a requested validity_duration (seconds):
+// the default for 0, capped at the maximum.
+func (s *Server) ttl(seconds int64) (time.Duration, error) {
+	switch {
+	case seconds < 0:
+		return 0, status.Errorf(codes.InvalidArgument, "validity_duration %d is negative", seconds)
+	case seconds == 0:
+		return s.opts.DefaultTTL, nil
+	case seconds >= int64(s.opts.MaxTTL/time.Second): // compare first: seconds*1e9 may overflow
+		return s.opts.MaxTTL, nil
+	default:
+		return time.Duration(seconds) * time.Second, nil
+	}
 }
 
 // authorize decides which identity the caller gets.
@@ -241,14 +304,63 @@ func ServerIdentity(trustDomain string) identity.SPIFFE {
 	return identity.SPIFFE{TrustDomain: trustDomain, Namespace: "istio-system", ServiceAccount: "istiod"}
 }
 
-// ServerTLSConfig is the TLS configuration of the CA endpoint: it serves
-// cert and asks for (but leaves to CreateCertificate the verification of) a
-// client certificate, so that a refusal is a gRPC status that says why.
+// ServerTLSConfig is the TLS configuration of the CA endpoint with a fixed
+// serving certificate; see ServingTLSConfig.
 func ServerTLSConfig(cert *tls.Certificate) *tls.Config {
+	return ServingTLSConfig(identity.StaticCert(cert))
+}
+
+// ServingTLSConfig is the TLS configuration of the CA endpoint: TLS 1.3,
+// ALPN h2, serving the certificate cert returns at each handshake. It asks
+// for a client certificate but leaves its verification to
+// CreateCertificate (against the roots in force at each request), so that
+// a refusal is a gRPC status that says why rather than a failed handshake.
+func ServingTLSConfig(cert identity.CertFunc) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{*cert},
-		ClientAuth:   tls.RequestClientCert,
-		NextProtos:   []string{"h2"},
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequestClientCert,
+		NextProtos: []string{"h2"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, err := cert()
+			if err != nil {
+				return nil, fmt.Errorf("CA serving certificate: %w", err)
+			}
+			if c == nil || len(c.Certificate) == 0 {
+				return nil, errors.New("CA serving certificate: none available")
+			}
+			return c, nil
+		},
+	}
+}
+
+// ServingCertificate returns the control plane's serving certificate
+// (ServerIdentity, issued by auth for ttl): made on first use and made
+// again once past half its life, so a long-running control plane never
+// serves an expired one. now may be nil (time.Now).
+func ServingCertificate(auth *identity.Authority, trustDomain string, ttl time.Duration, now func() time.Time) identity.CertFunc {
+	if now == nil {
+		now = time.Now
+	}
+	var (
+		mu   sync.Mutex
+		cur  *tls.Certificate
+		renw time.Time
+	)
+	return func() (*tls.Certificate, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		t := now()
+		if cur != nil && t.Before(renw) {
+			return cur, nil
+		}
+		c, err := auth.IssueTLS(ServerIdentity(trustDomain), ttl, t, nil)
+		if err != nil {
+			if cur != nil && t.Before(cur.Leaf.NotAfter) {
+				return cur, nil // keep serving the old one while it lasts
+			}
+			return nil, err
+		}
+		cur, renw = c, c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)/2)
+		return cur, nil
 	}
 }

@@ -27,7 +27,17 @@ const (
 	MaxInFlight    = 8
 	InitialBackoff = 500 * time.Millisecond
 	MaxBackoff     = 150 * time.Second
+	// MinRefresh is the shortest wait before renewing a certificate, so
+	// that a CA handing out certificates already past half-life (short
+	// lifetimes, clock skew) is not asked again in a tight loop.
+	MinRefresh = time.Second
+	// FetchTimeout bounds one request to the CA, so that a hung request
+	// cannot hold one of the MaxInFlight slots for ever.
+	FetchTimeout = 30 * time.Second
 )
+
+// ErrClosed is returned by Get after Close.
+var ErrClosed = errors.New("certificate manager closed")
 
 // Fetcher obtains a signed chain (leaf first, root last) for a CSR.
 type Fetcher interface {
@@ -110,6 +120,9 @@ func (m *Manager) Close() { m.cancel() }
 // After a failed first fetch it returns that error while retries go on in
 // the background.
 func (m *Manager) Get(ctx context.Context, id identity.SPIFFE) (*Cert, error) {
+	if m.ctx.Err() != nil {
+		return nil, fmt.Errorf("certificate for %s: %w", id, ErrClosed)
+	}
 	e := m.entry(id)
 	select {
 	case <-e.settled:
@@ -123,6 +136,9 @@ func (m *Manager) Get(ctx context.Context, id identity.SPIFFE) (*Cert, error) {
 	}
 	if e.err != nil {
 		return nil, fmt.Errorf("certificate for %s: %w", id, e.err)
+	}
+	if m.ctx.Err() != nil {
+		return nil, fmt.Errorf("certificate for %s: %w", id, ErrClosed)
 	}
 	return nil, fmt.Errorf("certificate for %s: expired and not yet renewed", id)
 }
@@ -173,7 +189,7 @@ func (m *Manager) run(ctx context.Context, id identity.SPIFFE, e *entry) {
 		} else {
 			failures = 0
 			e.cert, e.err = cert, nil
-			wait = RefreshAt(cert.Leaf).Sub(m.clock.Now())
+			wait = max(RefreshAt(cert.Leaf).Sub(m.clock.Now()), MinRefresh)
 			m.logger.Info("certificate ready", "identity", id.String(), "notAfter", cert.Leaf.NotAfter, "refreshIn", wait)
 		}
 		e.mu.Unlock()
@@ -181,7 +197,7 @@ func (m *Manager) run(ctx context.Context, id identity.SPIFFE, e *entry) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-m.clock.After(max(wait, 0)):
+		case <-m.clock.After(wait):
 		}
 	}
 }
@@ -201,7 +217,9 @@ func (m *Manager) fetch(ctx context.Context, id identity.SPIFFE) (*Cert, error) 
 	if err != nil {
 		return nil, err
 	}
-	chain, err := m.fetcher.Fetch(ctx, id, csr)
+	fctx, cancel := context.WithTimeout(ctx, FetchTimeout)
+	defer cancel()
+	chain, err := m.fetcher.Fetch(fctx, id, csr)
 	if err != nil {
 		return nil, err
 	}
@@ -214,6 +232,11 @@ func (m *Manager) fetch(ctx context.Context, id identity.SPIFFE) (*Cert, error) 
 func checkChain(id identity.SPIFFE, chain []*x509.Certificate, key *ecdsa.PrivateKey, now time.Time) (*Cert, error) {
 	if len(chain) < 2 {
 		return nil, fmt.Errorf("CA returned %d certificates, want leaf ... root", len(chain))
+	}
+	for i, c := range chain {
+		if c == nil {
+			return nil, fmt.Errorf("CA response: certificate %d is missing", i)
+		}
 	}
 	leaf := chain[0]
 	if !key.PublicKey.Equal(leaf.PublicKey) {
@@ -232,15 +255,23 @@ func checkChain(id identity.SPIFFE, chain []*x509.Certificate, key *ecdsa.Privat
 	if err != nil {
 		return nil, fmt.Errorf("CA response: %w", err)
 	}
-	got, err := bundle.Verify(chain[:split], now)
+	got, err := bundle.VerifyFor(chain[:split], now, x509.ExtKeyUsageClientAuth)
 	if err != nil {
 		return nil, fmt.Errorf("CA response: %w", err)
 	}
 	if got != id {
 		return nil, fmt.Errorf("CA returned a certificate for %s, asked for %s", got, id)
 	}
-	return &Cert{ID: id, TLS: identity.TLSCertificate(chain, key), Leaf: leaf, Bundle: bundle}, nil
+	// The leaf serves both HBONE sides.
+	if _, err := bundle.VerifyFor(chain[:split], now, x509.ExtKeyUsageServerAuth); err != nil {
+		return nil, fmt.Errorf("CA response: %w", err)
+	}
+	return &Cert{ID: id, TLS: identity.TLSCertificate(chain[:split], key), Leaf: leaf, Bundle: bundle}, nil
 }
+
+// ImpersonatedIdentityKey is the request metadata key with which a node
+// proxy asks for a workload's identity (as Istio's ztunnel).
+const ImpersonatedIdentityKey = "ImpersonatedIdentity"
 
 // GRPCFetcher fetches from an IstioCertificateService.
 type GRPCFetcher struct {
@@ -256,7 +287,7 @@ type GRPCFetcher struct {
 func (f *GRPCFetcher) Fetch(ctx context.Context, id identity.SPIFFE, csrPEM []byte) ([]*x509.Certificate, error) {
 	req := &securityapi.IstioCertificateRequest{Csr: string(csrPEM), ValidityDuration: int64(f.TTL / time.Second)}
 	if f.Impersonate {
-		md, err := structpb.NewStruct(map[string]any{"ImpersonatedIdentity": id.String()})
+		md, err := structpb.NewStruct(map[string]any{ImpersonatedIdentityKey: id.String()})
 		if err != nil {
 			return nil, err
 		}

@@ -16,10 +16,11 @@ type CA struct {
 	TrustDomain string
 }
 
-// NewCA returns a new root CA for trustDomain, valid for a day.
+// NewCA returns a new root CA for trustDomain, valid from a year ago to a
+// year ahead (so that IssueAt can make certificates in the past).
 func NewCA(t testing.TB, trustDomain string) *CA {
 	t.Helper()
-	a, err := identity.NewRootAuthority(trustDomain, 24*time.Hour, time.Now())
+	a, err := identity.NewRootAuthority(trustDomain, 2*365*24*time.Hour, time.Now().Add(-365*24*time.Hour))
 	if err != nil {
 		t.Fatalf("identitytest: %v", err)
 	}
