@@ -54,5 +54,5 @@ jq -r 'select(.msg=="connection complete" and .direction=="inbound") |
   "$state/ztunnel-node2.log" | sort | uniq -c
 
 step "ztunnel metrics on node2 (Istio's names and labels)"
-ip netns exec ambit-node2 curl -sS http://127.0.0.1:15020/metrics |
-  grep '^istio_tcp_connections_opened_total' | sed -E 's/\{.*source_principal="([^"]*)".*destination_principal="([^"]*)".*\} / {source_principal="\1",destination_principal="\2",...} /' | head -3
+ip netns exec ambit-node2 curl -sS http://127.0.0.1:15020/metrics | grep '^istio_tcp_connections_opened_total' |
+  sed -E 's/.*destination_principal="([^"]*)".*source_principal="([^"]*)".*\} ([0-9]+)$/istio_tcp_connections_opened_total{source_principal="\2", destination_principal="\1", ...} \3/'
