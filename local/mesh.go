@@ -130,6 +130,9 @@ func (s *Supervisor) runZtunnel(ctx context.Context, n NodeStatus, dir string) {
 			"--admin", "127.0.0.1:15000", "--readiness", ":15021", "--log-format", "json")
 		cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
 		cmd.Env = []string{"PATH=" + s.binDir + ":/usr/sbin:/usr/bin:/sbin:/bin"}
+		if v := os.Getenv("GOMAXPROCS"); v != "" {
+			cmd.Env = append(cmd.Env, "GOMAXPROCS="+v) // e.g. to compare worker counts in benchmarks
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			logf.Close()

@@ -3,6 +3,7 @@ package ztunnel
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 
 	"istio.io/istio/pkg/workloadapi"
@@ -72,7 +73,7 @@ func portString(p *workloadapi.Port) string {
 	return string(b)
 }
 
-// AdminHandler serves /config_dump and /healthz/ready; ready reports
+// AdminHandler serves /config_dump, /debug/pprof/ and /healthz/ready; ready reports
 // readiness (connected to the control plane and the node agent).
 func (z *Ztunnel) AdminHandler(ready func() bool) http.Handler {
 	mux := http.NewServeMux()
@@ -82,6 +83,10 @@ func (z *Ztunnel) AdminHandler(ready func() bool) http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(z.Dump())
 	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
 		if !ready() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
