@@ -66,12 +66,11 @@ func (s *Supervisor) startMesh(ctx context.Context, nodes []NodeStatus) (*meshPa
 	if err != nil {
 		return nil, err
 	}
-	serving, err := auth.IssueTLS(ca.ServerIdentity(td), 30*24*time.Hour, time.Now(), nil)
-	if err != nil {
-		return nil, err
-	}
 	m.xds = xds.New(ctx, s.Logger.With("component", "xds"))
-	m.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.ServerTLSConfig(serving))))
+	// Only node proxies may watch workload discovery; the CA checks its
+	// callers itself.
+	m.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.ServingTLSConfig(ca.ServingCertificate(auth, td, 24*time.Hour, time.Now)))),
+		grpc.StreamInterceptor(xds.StreamAuth(caSrv)))
 	caSrv.Register(m.grpc)
 	m.xds.Register(m.grpc)
 	l, err := nsnet.Listen(ctx, netnsPath(underlayNetns), fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort), nsnet.SocketOptions{})

@@ -364,3 +364,17 @@ func ServingCertificate(auth *identity.Authority, trustDomain string, ttl time.D
 		return cur, nil
 	}
 }
+
+// NodeOf authenticates a caller that must hold a node-proxy credential and
+// returns its node. Other services of the control plane (workload
+// discovery) use it to admit only node proxies.
+func (s *Server) NodeOf(ctx context.Context) (string, error) {
+	c, err := s.authenticate(ctx)
+	if err != nil {
+		return "", err
+	}
+	if c.node == "" {
+		return "", status.Errorf(codes.PermissionDenied, "%s is not a node proxy: workload discovery is for node-proxy credentials", c.id)
+	}
+	return c.node, nil
+}

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -19,8 +21,17 @@ import (
 	"testing"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	grpcstatus "google.golang.org/grpc/status"
+	securityapi "istio.io/api/security/v1alpha1"
+
+	"github.com/ambit-mesh/ambit/controlplane/ca"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/identity/caclient"
 	"github.com/ambit-mesh/ambit/identity/identitytest"
 	"github.com/ambit-mesh/ambit/nsnet"
 	"github.com/ambit-mesh/ambit/redirect"
@@ -305,6 +316,54 @@ func TestAmbientMesh(t *testing.T) {
 		}
 	})
 
+	t.Run("workload discovery only for node proxies", func(t *testing.T) {
+		dir := filepath.Join(stateDir, "nodes", "node1")
+		nodeCred, err := tls.LoadX509KeyPair(filepath.Join(dir, "cert-chain.pem"), filepath.Join(dir, "key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rootPEM, _ := os.ReadFile(filepath.Join(dir, "root-cert.pem"))
+		roots, err := identity.ParseBundle(rootPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dialer := nsnet.DialFunc("/run/netns/ambit-node1", nsnet.SocketOptions{}, nil)
+		connect := func(cert *tls.Certificate) *grpc.ClientConn {
+			conf := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return cert, nil }, func() *identity.Bundle { return roots },
+				[]identity.SPIFFE{ca.ServerIdentity("cluster.local")}, nil)
+			conn, err := grpc.NewClient("172.30.0.1:15012", grpc.WithTransportCredentials(credentials.NewTLS(conf)),
+				grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer(ctx, "tcp", addr) }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			return conn
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		// The node credential may ask for the identity of a pod on its node...
+		nodeConn := connect(&nodeCred)
+		chain, err := (&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(nodeConn), Impersonate: true}).Fetch(ctx, identity.SPIFFE{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "client"}, mustCSR(t, &workloadKey))
+		if err != nil {
+			t.Fatalf("node1 impersonating demo/client: %v", err)
+		}
+		// ...but not of a pod that is only on another node.
+		if _, err := (&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(nodeConn), Impersonate: true}).Fetch(ctx, identity.SPIFFE{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "default"}, mustCSR(t, nil)); grpcstatus.Code(err) != codes.PermissionDenied {
+			t.Fatalf("node1 impersonating the banner pod of node2: %v, want PermissionDenied", err)
+		}
+		workload := identity.TLSCertificate(chain, workloadKey)
+		for name, cert := range map[string]*tls.Certificate{"workload certificate": workload, "no certificate": {}} {
+			st, err := discovery.NewAggregatedDiscoveryServiceClient(connect(cert)).DeltaAggregatedResources(ctx)
+			if err == nil {
+				_ = st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: "type.googleapis.com/istio.workload.Address"})
+				_, err = st.Recv()
+			}
+			if c := grpcstatus.Code(err); c != codes.PermissionDenied && c != codes.Unauthenticated {
+				t.Errorf("%s on workload discovery: %v, want a refusal", name, err)
+			}
+		}
+	})
+
 	t.Run("unlabel and relabel the namespace: live, without restarting pods", func(t *testing.T) {
 		echo2NS := podNetns(t, stateDir, "demo", "echo-2")
 		pidBefore := podPID(t, stateDir, "demo", "echo-2")
@@ -357,6 +416,25 @@ func TestAmbientMesh(t *testing.T) {
 		})
 		t.Logf("new connections flowed %s after ztunnel was killed", time.Since(start).Round(100*time.Millisecond))
 	})
+}
+
+// workloadKey is the key of the workload certificate the test obtains.
+var workloadKey *ecdsa.PrivateKey
+
+func mustCSR(t *testing.T, keep **ecdsa.PrivateKey) []byte {
+	t.Helper()
+	key, err := identity.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keep != nil {
+		*keep = key
+	}
+	csr, err := identity.NewCSR(key, identity.SPIFFE{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
 }
 
 func findLogFunc(t *testing.T, stateDir, node string, pred func(map[string]any) bool) map[string]any {
