@@ -7,6 +7,7 @@
 package cniplugin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/ambit-mesh/ambit/nodeagent/cnievent"
 )
 
 // Config is the plugin's network configuration.
@@ -26,6 +29,10 @@ type Config struct {
 	types.NetConf
 	// StateDir is where pod records are written.
 	StateDir string `json:"stateDir"`
+	// AgentSocket, if set, is the node agent's event socket: ADD waits for
+	// the agent to enroll the pod, and fails (so the pod does not start
+	// unprotected) when the agent refuses or is not there.
+	AgentSocket string `json:"agentSocket,omitempty"`
 }
 
 // Record is what the plugin writes for each pod.
@@ -115,6 +122,13 @@ func Add(args *skel.CmdArgs) error {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("ambit-cni: writing pod record: %w", err)
+	}
+	if conf.AgentSocket != "" {
+		ev := cnievent.CNIEvent{Namespace: ns, Name: name, UID: uid, Netns: args.Netns, IPs: rec.IPs}
+		if err := cnievent.Notify(context.Background(), conf.AgentSocket, ev); err != nil {
+			_ = os.Remove(path)
+			return fmt.Errorf("ambit-cni: pod %s/%s: %w", ns, name, err)
+		}
 	}
 	return types.PrintResult(prev, conf.CNIVersion)
 }

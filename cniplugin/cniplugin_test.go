@@ -2,7 +2,9 @@ package cniplugin
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/ambit-mesh/ambit/nodeagent/cnievent"
 )
 
 func conf(t *testing.T, dir string, prev bool) []byte {
@@ -88,5 +92,45 @@ func TestAddErrors(t *testing.T) {
 				t.Fatalf("Add error = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestAddNotifiesAgent(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	got := make(chan cnievent.CNIEvent, 2)
+	srv, err := cnievent.ListenCNI(sock, func(_ context.Context, ev cnievent.CNIEvent) error {
+		got <- ev
+		if ev.Name == "blocked" {
+			return errors.New("no ztunnel connection")
+		}
+		return nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.Run(ctx)
+	confWith := func() []byte {
+		var c map[string]any
+		json.Unmarshal(conf(t, dir, true), &c)
+		c["agentSocket"] = sock
+		b, _ := json.Marshal(c)
+		return b
+	}
+	args := &skel.CmdArgs{ContainerID: "c1", Netns: "/run/netns/p", IfName: "eth0", Args: "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=echo;K8S_POD_UID=u9", StdinData: confWith()}
+	if _, err := capture(t, func() error { return Add(args) }); err != nil {
+		t.Fatalf("Add: %v", err)
+	}
+	if ev := <-got; ev.UID != "u9" || ev.Netns != "/run/netns/p" || len(ev.IPs) != 1 {
+		t.Errorf("agent got %+v", ev)
+	}
+	args = &skel.CmdArgs{ContainerID: "c2", Netns: "/run/netns/q", IfName: "eth0", Args: "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=blocked;K8S_POD_UID=u10", StdinData: confWith()}
+	if _, err := capture(t, func() error { return Add(args) }); err == nil || !strings.Contains(err.Error(), "no ztunnel connection") {
+		t.Fatalf("a refused pod was let start: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "c2.json")); !os.IsNotExist(err) {
+		t.Error("a refused pod stayed recorded")
 	}
 }

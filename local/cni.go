@@ -25,6 +25,9 @@ type cni struct {
 	binDir string // where bridge, host-local and ambit-cni are
 	dir    string // CNI state: IPAM data, libcni cache, ambit-cni records
 	stderr io.Writer
+	// agentSocket returns the node agent's CNI event socket of a node
+	// ("" when no mesh runs).
+	agentSocket func(node string) string
 }
 
 // confList is the node's CNI configuration: bridge with host-local IPAM,
@@ -43,7 +46,7 @@ func (c *cni) confList(node NodeStatus) (*libcni.NetworkConfigList, error) {
 					"dataDir": filepath.Join(c.dir, "ipam", node.Name),
 				},
 			},
-			map[string]any{"type": "ambit-cni", "stateDir": filepath.Join(c.dir, "pods")},
+			c.ambitPlugin(node),
 		},
 	}
 	data, err := json.Marshal(conf)
@@ -136,4 +139,14 @@ func (e *nodeExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []by
 
 func (e *nodeExec) FindInPath(plugin string, paths []string) (string, error) {
 	return invoke.FindInPath(plugin, paths)
+}
+
+func (c *cni) ambitPlugin(node NodeStatus) map[string]any {
+	conf := map[string]any{"type": "ambit-cni", "stateDir": filepath.Join(c.dir, "pods")}
+	if c.agentSocket != nil {
+		if sock := c.agentSocket(node.Name); sock != "" {
+			conf["agentSocket"] = sock
+		}
+	}
+	return conf
 }

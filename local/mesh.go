@@ -22,6 +22,7 @@ import (
 	"github.com/ambit-mesh/ambit/controlplane/xds"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/nodeagent"
+	"github.com/ambit-mesh/ambit/nodeagent/cnievent"
 	"github.com/ambit-mesh/ambit/nsnet"
 	"github.com/ambit-mesh/ambit/zds"
 )
@@ -95,6 +96,13 @@ func (s *Supervisor) startMesh(ctx context.Context, nodes []NodeStatus) (*meshPa
 		}
 		go func() { _ = zs.Run(ctx) }()
 		m.zdss[n.Name] = zs
+		// The chained ambit-cni plugin reports each new pod here, and
+		// waits for it to be enrolled before the pod may start.
+		events, err := cnievent.ListenCNI(filepath.Join(dir, "cni.sock"), s.onCNIEvent, s.Logger.With("component", "node-agent", "node", n.Name))
+		if err != nil {
+			return nil, err
+		}
+		go func() { _ = events.Run(ctx) }()
 		m.agents[n.Name] = &nodeagent.Agent{Node: n.Name, ZDS: zs, Logger: s.Logger.With("component", "node-agent")}
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.runZtunnel(ctx, n, dir) }()
@@ -241,11 +249,28 @@ func (s *Supervisor) pushModel() {
 	}
 }
 
+// onCNIEvent enrolls a pod the CNI plugin just networked, if it belongs
+// in the mesh; an error keeps the pod from starting.
+func (s *Supervisor) onCNIEvent(ctx context.Context, ev cnievent.CNIEvent) error {
+	s.mu.Lock()
+	var p *podProc
+	for _, q := range s.pods {
+		if q.status.UID == ev.UID {
+			p = q
+		}
+	}
+	s.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("unknown pod %s/%s (uid %s)", ev.Namespace, ev.Name, ev.UID)
+	}
+	return s.reconcileEnrollment(ctx, p)
+}
+
 // reconcileEnrollment enrolls or removes a pod as its labels and its
 // namespace's say, live, without restarting it.
-func (s *Supervisor) reconcileEnrollment(ctx context.Context, p *podProc) {
+func (s *Supervisor) reconcileEnrollment(ctx context.Context, p *podProc) error {
 	if s.mesh == nil || p.status.Netns == "" || p.spec.Spec.HostNetwork {
-		return
+		return nil
 	}
 	want := model.Enrolled(p.spec, s.mesh.namespace(p.spec.Namespace))
 	agent := s.mesh.agents[p.node.Name]
@@ -258,7 +283,7 @@ func (s *Supervisor) reconcileEnrollment(ctx context.Context, p *podProc) {
 		state, err := agent.Enroll(ctx, ap)
 		if err != nil {
 			s.Logger.Error("enrollment", "pod", ap.Namespace+"/"+ap.Name, "err", err)
-			return
+			return err
 		}
 		s.update(func() { p.status.Redirection = state })
 	case !want && have:
@@ -267,6 +292,7 @@ func (s *Supervisor) reconcileEnrollment(ctx context.Context, p *podProc) {
 		}
 		s.update(func() { p.status.Redirection = "" })
 	}
+	return nil
 }
 
 func nodeagentPod(p *podProc) nodeagent.Pod {

@@ -64,7 +64,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.pods = map[string]*podProc{}
 	s.services = map[string]*corev1.Service{}
 	s.vips = newVIPAllocator(serviceCIDR)
-	s.cni = &cni{self: s.self, binDir: s.binDir, dir: s.paths.CNIDir(), stderr: logWriter{s.Logger}}
+	s.cni = &cni{self: s.self, binDir: s.binDir, dir: s.paths.CNIDir(), stderr: logWriter{s.Logger},
+		agentSocket: func(node string) string { return filepath.Join(s.nodeDir(node), "cni.sock") }}
 	s.state = State{Supervisor: os.Getpid(), ConfigDir: s.ConfigDir, BinDir: s.binDir, Nodes: []NodeStatus{}, Pods: []PodStatus{}, Services: []ServiceStatus{}}
 	for _, d := range []string{s.StateDir, filepath.Join(s.StateDir, "pods"), s.paths.CNIDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -141,7 +142,7 @@ func (s *Supervisor) handle(ctx context.Context, ev filesource.Event) {
 			}
 			s.mu.Unlock()
 			for _, p := range inNS {
-				s.reconcileEnrollment(ctx, p)
+				_ = s.reconcileEnrollment(ctx, p) // logged; the pod keeps running as it was
 			}
 		}
 	case *corev1.Pod:
@@ -337,7 +338,6 @@ func (s *Supervisor) ensurePod(ctx context.Context, pod *corev1.Pod) {
 		s.Logger.Error("pod network", "pod", key, "err", err)
 		return
 	}
-	s.reconcileEnrollment(ctx, p)
 	argv, err := podArgv(pod)
 	if err == nil {
 		st.Env, err = podEnv(pod, st, s.binDir)
