@@ -1,0 +1,436 @@
+// Package authz is L4 authorization with upstream Istio ambient semantics:
+// it translates AuthorizationPolicy (security.istio.io/v1) into the
+// istio.security.Authorization resources ztunnel enforces, and evaluates
+// them for a connection in ztunnel's order (facts §7). The same code serves
+// the control plane, ztunnel and `ambit authz check`, so what the CLI
+// explains is what the data path does.
+package authz
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/emptypb"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	securityclient "istio.io/client-go/pkg/apis/security/v1"
+	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
+
+	"github.com/ambit-mesh/ambit/identity"
+)
+
+// DefaultRootNamespace is the mesh root namespace: policies there are global.
+const DefaultRootNamespace = "istio-system"
+
+// AnnotationDryRun marks a policy whose decisions are only logged.
+const AnnotationDryRun = "istio.io/dry-run"
+
+// Warning is a note about how a policy was translated.
+type Warning struct {
+	Policy string // namespace/name
+	Msg    string
+}
+
+func (w Warning) String() string { return w.Policy + ": " + w.Msg }
+
+// l4WhenKeys are the condition keys ztunnel can enforce.
+func l4WhenKey(k string) bool {
+	switch k {
+	case "source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port":
+		return true
+	}
+	return false
+}
+
+// Translate turns a policy into what ztunnel enforces. It returns nil (and
+// a warning saying why) for policies ztunnel does not take: targetRef(s)
+// policies (waypoints enforce them) and the CUSTOM and AUDIT actions.
+func Translate(ap *securityclient.AuthorizationPolicy, rootNamespace string) (*security.Authorization, []Warning) {
+	if rootNamespace == "" {
+		rootNamespace = DefaultRootNamespace
+	}
+	key := ap.Namespace + "/" + ap.Name
+	warn := func(format string, args ...any) Warning {
+		return Warning{Policy: key, Msg: fmt.Sprintf(format, args...)}
+	}
+	spec := &ap.Spec
+	if spec.GetTargetRef() != nil || len(spec.GetTargetRefs()) > 0 {
+		return nil, []Warning{warn("has targetRef(s): enforced by a waypoint, not by ztunnel")}
+	}
+	out := &security.Authorization{Name: ap.Name, Namespace: ap.Namespace, DryRun: ap.Annotations[AnnotationDryRun] == "true"}
+	switch spec.GetAction() {
+	case securityv1beta1.AuthorizationPolicy_ALLOW:
+		out.Action = security.Action_ALLOW
+	case securityv1beta1.AuthorizationPolicy_DENY:
+		out.Action = security.Action_DENY
+	default:
+		return nil, []Warning{warn("ztunnel does not support the %s action", spec.GetAction())}
+	}
+	switch {
+	case spec.GetSelector() != nil && len(spec.GetSelector().GetMatchLabels()) > 0:
+		out.Scope = security.Scope_WORKLOAD_SELECTOR
+	case ap.Namespace == rootNamespace:
+		out.Scope = security.Scope_GLOBAL
+	default:
+		out.Scope = security.Scope_NAMESPACE
+	}
+	var warnings []Warning
+	for i, r := range spec.GetRules() {
+		g, l7 := translateRule(r, ap.Namespace)
+		switch {
+		case l7 && out.Action == security.Action_ALLOW:
+			warnings = append(warnings, warn("rule %d uses HTTP fields that need a waypoint: dropped (an ALLOW rule that cannot be checked allows nothing)", i))
+			continue
+		case l7 && g == nil:
+			warnings = append(warnings, warn("rule %d has only HTTP fields that need a waypoint: dropped (nothing left to deny)", i))
+			continue
+		case l7:
+			warnings = append(warnings, warn("rule %d: its HTTP fields need a waypoint and are ignored; the rest denies more broadly", i))
+		}
+		out.Groups = append(out.Groups, g)
+	}
+	if out.Action == security.Action_ALLOW && len(spec.GetRules()) > 0 && len(out.Groups) == 0 {
+		warnings = append(warnings, warn("no rule is left: this ALLOW policy denies all traffic to the workloads it selects"))
+	}
+	return out, warnings
+}
+
+// translateRule turns one rule into a group. l7 reports that the rule used
+// fields ztunnel cannot check; for a DENY those are dropped and g is nil
+// when nothing is left.
+func translateRule(r *securityv1beta1.Rule, policyNS string) (g *security.Group, l7 bool) {
+	g = &security.Group{}
+	had := len(r.GetFrom()) + len(r.GetTo()) + len(r.GetWhen())
+	if from := r.GetFrom(); len(from) > 0 {
+		clause := &security.Rules{}
+		for _, f := range from {
+			s := f.GetSource()
+			if len(s.GetRequestPrincipals())+len(s.GetNotRequestPrincipals())+len(s.GetRemoteIpBlocks())+len(s.GetNotRemoteIpBlocks()) > 0 {
+				l7 = true
+			}
+			m := &security.Match{
+				Principals: stringMatches(s.GetPrincipals()), NotPrincipals: stringMatches(s.GetNotPrincipals()),
+				Namespaces: stringMatches(s.GetNamespaces()), NotNamespaces: stringMatches(s.GetNotNamespaces()),
+				ServiceAccounts: saMatches(s.GetServiceAccounts(), policyNS), NotServiceAccounts: saMatches(s.GetNotServiceAccounts(), policyNS),
+				SourceIps: addresses(s.GetIpBlocks()), NotSourceIps: addresses(s.GetNotIpBlocks()),
+			}
+			if !emptyMatch(m) {
+				clause.Matches = append(clause.Matches, m)
+			}
+		}
+		if len(clause.Matches) > 0 {
+			g.Rules = append(g.Rules, clause)
+		}
+	}
+	if to := r.GetTo(); len(to) > 0 {
+		clause := &security.Rules{}
+		for _, t := range to {
+			op := t.GetOperation()
+			if len(op.GetHosts())+len(op.GetNotHosts())+len(op.GetMethods())+len(op.GetNotMethods())+len(op.GetPaths())+len(op.GetNotPaths()) > 0 {
+				l7 = true
+			}
+			m := &security.Match{DestinationPorts: ports(op.GetPorts()), NotDestinationPorts: ports(op.GetNotPorts())}
+			if !emptyMatch(m) {
+				clause.Matches = append(clause.Matches, m)
+			}
+		}
+		if len(clause.Matches) > 0 {
+			g.Rules = append(g.Rules, clause)
+		}
+	}
+	for _, c := range r.GetWhen() {
+		if !l4WhenKey(c.GetKey()) {
+			l7 = true
+			continue
+		}
+		m := &security.Match{}
+		switch c.GetKey() {
+		case "source.ip":
+			m.SourceIps, m.NotSourceIps = addresses(c.GetValues()), addresses(c.GetNotValues())
+		case "destination.ip":
+			m.DestinationIps, m.NotDestinationIps = addresses(c.GetValues()), addresses(c.GetNotValues())
+		case "source.namespace":
+			m.Namespaces, m.NotNamespaces = stringMatches(c.GetValues()), stringMatches(c.GetNotValues())
+		case "source.principal":
+			m.Principals, m.NotPrincipals = stringMatches(c.GetValues()), stringMatches(c.GetNotValues())
+		case "destination.port":
+			m.DestinationPorts, m.NotDestinationPorts = ports(c.GetValues()), ports(c.GetNotValues())
+		}
+		g.Rules = append(g.Rules, &security.Rules{Matches: []*security.Match{m}})
+	}
+	if l7 && had > 0 && len(g.Rules) == 0 {
+		return nil, true
+	}
+	return g, l7
+}
+
+func emptyMatch(m *security.Match) bool {
+	return len(m.Principals)+len(m.NotPrincipals)+len(m.Namespaces)+len(m.NotNamespaces)+len(m.ServiceAccounts)+len(m.NotServiceAccounts)+
+		len(m.SourceIps)+len(m.NotSourceIps)+len(m.DestinationIps)+len(m.NotDestinationIps)+len(m.DestinationPorts)+len(m.NotDestinationPorts) == 0
+}
+
+// stringMatches converts Istio's string forms: "*" presence, "*x" suffix,
+// "x*" prefix, else exact.
+func stringMatches(vals []string) []*security.StringMatch {
+	var out []*security.StringMatch
+	for _, v := range vals {
+		switch {
+		case v == "*":
+			out = append(out, &security.StringMatch{MatchType: &security.StringMatch_Presence{Presence: &emptypb.Empty{}}})
+		case strings.HasPrefix(v, "*"):
+			out = append(out, &security.StringMatch{MatchType: &security.StringMatch_Suffix{Suffix: v[1:]}})
+		case strings.HasSuffix(v, "*"):
+			out = append(out, &security.StringMatch{MatchType: &security.StringMatch_Prefix{Prefix: v[:len(v)-1]}})
+		default:
+			out = append(out, &security.StringMatch{MatchType: &security.StringMatch_Exact{Exact: v}})
+		}
+	}
+	return out
+}
+
+// saMatches converts "ns/sa" or bare "sa" (the policy's namespace).
+func saMatches(vals []string, policyNS string) []*security.ServiceAccountMatch {
+	var out []*security.ServiceAccountMatch
+	for _, v := range vals {
+		ns, sa, ok := strings.Cut(v, "/")
+		if !ok {
+			ns, sa = policyNS, v
+		}
+		out = append(out, &security.ServiceAccountMatch{Namespace: ns, ServiceAccount: sa})
+	}
+	return out
+}
+
+// addresses converts IPs and CIDRs; invalid ones are left out (the loader
+// rejects them before they get here).
+func addresses(vals []string) []*security.Address {
+	var out []*security.Address
+	for _, v := range vals {
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, &security.Address{Address: p.Addr().AsSlice(), Length: uint32(p.Bits())})
+		} else if a, err := netip.ParseAddr(v); err == nil {
+			out = append(out, &security.Address{Address: a.AsSlice(), Length: uint32(a.BitLen())})
+		}
+	}
+	return out
+}
+
+func ports(vals []string) []uint32 {
+	var out []uint32
+	for _, v := range vals {
+		if n, err := strconv.ParseUint(v, 10, 16); err == nil && n > 0 {
+			out = append(out, uint32(n))
+		}
+	}
+	return out
+}
+
+// Conn is what authorization knows about a connection at the destination.
+type Conn struct {
+	Src     *identity.SPIFFE // the peer's identity; nil for plaintext
+	SrcIP   netip.Addr
+	DstIP   netip.Addr
+	DstPort uint16 // the real target port, not 15008
+}
+
+// Decision is the outcome of an evaluation, with its reason.
+type Decision struct {
+	Allow  bool
+	Policy string // namespace/name of the deciding policy, if any
+	Reason string
+	// DryRun lists dry-run policies that would have denied.
+	DryRun []string
+}
+
+// Select returns the policies that apply to a workload: global ones, its
+// namespace's, and the selector policies named in its WDS entry.
+func Select(all []*security.Authorization, w *workloadapi.Workload) []*security.Authorization {
+	selected := map[string]bool{}
+	for _, k := range w.GetAuthorizationPolicies() {
+		selected[k] = true
+	}
+	var out []*security.Authorization
+	for _, p := range all {
+		switch p.GetScope() {
+		case security.Scope_GLOBAL:
+			out = append(out, p)
+		case security.Scope_NAMESPACE:
+			if p.GetNamespace() == w.GetNamespace() {
+				out = append(out, p)
+			}
+		case security.Scope_WORKLOAD_SELECTOR:
+			if selected[p.GetNamespace()+"/"+p.GetName()] {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// Evaluate decides a connection in ztunnel's order: dry-run DENYs are only
+// noted; any DENY match denies; with no ALLOW policy the connection is
+// allowed; otherwise an ALLOW must match.
+func Evaluate(policies []*security.Authorization, c Conn) Decision {
+	var d Decision
+	for _, p := range policies {
+		if p.GetAction() == security.Action_DENY && matches(p, c) {
+			if p.GetDryRun() {
+				d.DryRun = append(d.DryRun, key(p))
+				continue
+			}
+			d.Policy, d.Reason = key(p), "explicitly denied by: "+key(p)
+			return d
+		}
+	}
+	allows := 0
+	for _, p := range policies {
+		if p.GetAction() != security.Action_ALLOW || p.GetDryRun() {
+			continue
+		}
+		allows++
+		if matches(p, c) {
+			d.Allow, d.Policy, d.Reason = true, key(p), "allowed by: "+key(p)
+			return d
+		}
+	}
+	if allows == 0 {
+		d.Allow, d.Reason = true, "no ALLOW policy applies"
+		return d
+	}
+	d.Reason = "allow policies exist, but none allowed"
+	return d
+}
+
+func key(p *security.Authorization) string { return p.GetNamespace() + "/" + p.GetName() }
+
+// matches: any group; a group: every clause; a clause: any match.
+func matches(p *security.Authorization, c Conn) bool {
+	for _, g := range p.GetGroups() {
+		if groupMatches(g, c) {
+			return true
+		}
+	}
+	return false
+}
+
+func groupMatches(g *security.Group, c Conn) bool {
+	for _, clause := range g.GetRules() {
+		ok := false
+		for _, m := range clause.GetMatches() {
+			if matchMatches(m, c) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func matchMatches(m *security.Match, c Conn) bool {
+	principal, ns := "", ""
+	if c.Src != nil {
+		principal = strings.TrimPrefix(c.Src.String(), "spiffe://")
+		ns = c.Src.Namespace
+	}
+	has := c.Src != nil
+	if len(m.GetPrincipals()) > 0 && (!has || !anyString(m.GetPrincipals(), principal)) {
+		return false
+	}
+	if has && anyString(m.GetNotPrincipals(), principal) {
+		return false
+	}
+	if len(m.GetNamespaces()) > 0 && (!has || !anyString(m.GetNamespaces(), ns)) {
+		return false
+	}
+	if has && anyString(m.GetNotNamespaces(), ns) {
+		return false
+	}
+	if len(m.GetServiceAccounts()) > 0 && (!has || !anySA(m.GetServiceAccounts(), c.Src)) {
+		return false
+	}
+	if has && anySA(m.GetNotServiceAccounts(), c.Src) {
+		return false
+	}
+	if len(m.GetSourceIps()) > 0 && !anyAddr(m.GetSourceIps(), c.SrcIP) {
+		return false
+	}
+	if anyAddr(m.GetNotSourceIps(), c.SrcIP) {
+		return false
+	}
+	if len(m.GetDestinationIps()) > 0 && !anyAddr(m.GetDestinationIps(), c.DstIP) {
+		return false
+	}
+	if anyAddr(m.GetNotDestinationIps(), c.DstIP) {
+		return false
+	}
+	if len(m.GetDestinationPorts()) > 0 && !anyPort(m.GetDestinationPorts(), c.DstPort) {
+		return false
+	}
+	if anyPort(m.GetNotDestinationPorts(), c.DstPort) {
+		return false
+	}
+	return true
+}
+
+func anyString(ms []*security.StringMatch, v string) bool {
+	for _, m := range ms {
+		switch t := m.GetMatchType().(type) {
+		case *security.StringMatch_Exact:
+			if v == t.Exact {
+				return true
+			}
+		case *security.StringMatch_Prefix:
+			if strings.HasPrefix(v, t.Prefix) {
+				return true
+			}
+		case *security.StringMatch_Suffix:
+			if strings.HasSuffix(v, t.Suffix) {
+				return true
+			}
+		case *security.StringMatch_Presence:
+			if v != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func anySA(ms []*security.ServiceAccountMatch, id *identity.SPIFFE) bool {
+	for _, m := range ms {
+		if m.GetNamespace() == id.Namespace && m.GetServiceAccount() == id.ServiceAccount {
+			return true
+		}
+	}
+	return false
+}
+
+func anyAddr(as []*security.Address, ip netip.Addr) bool {
+	if !ip.IsValid() {
+		return false
+	}
+	for _, a := range as {
+		addr, ok := netip.AddrFromSlice(a.GetAddress())
+		if !ok {
+			continue
+		}
+		if p, err := addr.Unmap().Prefix(int(a.GetLength())); err == nil && p.Contains(ip.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyPort(ps []uint32, port uint16) bool {
+	for _, p := range ps {
+		if p == uint32(port) {
+			return true
+		}
+	}
+	return false
+}
