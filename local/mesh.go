@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ambit-mesh/ambit/controlplane"
@@ -47,6 +48,20 @@ type meshParts struct {
 
 	mu         sync.Mutex
 	namespaces map[string]*corev1.Namespace
+	warned     map[string]bool
+}
+
+// warnOnce logs a policy warning the first time it appears.
+func (m *meshParts) warnOnce(l *slog.Logger, msg string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.warned == nil {
+		m.warned = map[string]bool{}
+	}
+	if !m.warned[msg] {
+		m.warned[msg] = true
+		l.Warn("authorization policy", "warning", msg)
+	}
 }
 
 func (s *Supervisor) nodeDir(node string) string { return filepath.Join(s.StateDir, "nodes", node) }
@@ -242,9 +257,22 @@ func (s *Supervisor) pushModel() {
 	for _, st := range s.state.Services {
 		vips[st.Namespace+"/"+st.Name] = st.ClusterIP
 	}
+	var policies []*securityclient.AuthorizationPolicy
+	for _, p := range s.policies {
+		policies = append(policies, p)
+	}
 	s.mu.Unlock()
-	set := model.Build(model.Inputs{Pods: s.enrichedPods(), Services: svcs, ClusterIPs: vips})
-	if err := s.mesh.xds.Update(set); err != nil {
+	in := model.Inputs{Pods: s.enrichedPods(), Services: svcs, ClusterIPs: vips, Policies: policies}
+	// Policies first, so that a workload never names a policy its
+	// ztunnel does not have yet.
+	authzs, warnings := model.BuildAuthorizations(in)
+	if err := s.mesh.xds.UpdateAuthorizations(authzs); err != nil {
+		s.Logger.Error("pushing policies", "err", err)
+	}
+	for _, w := range warnings {
+		s.mesh.warnOnce(s.Logger, w.String())
+	}
+	if err := s.mesh.xds.Update(model.Build(in)); err != nil {
 		s.Logger.Error("pushing the model", "err", err)
 	}
 }

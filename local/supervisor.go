@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/controlplane/filesource"
+	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -41,6 +42,7 @@ type Supervisor struct {
 	wg       sync.WaitGroup
 	mesh     *meshParts
 	dirty    chan struct{} // the ambient model needs a push
+	policies map[string]*securityclient.AuthorizationPolicy
 }
 
 // podProc is one pod: its spec, status and running process.
@@ -63,6 +65,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.paths = Paths{s.StateDir}
 	s.pods = map[string]*podProc{}
 	s.services = map[string]*corev1.Service{}
+	s.policies = map[string]*securityclient.AuthorizationPolicy{}
 	s.vips = newVIPAllocator(serviceCIDR)
 	s.cni = &cni{self: s.self, binDir: s.binDir, dir: s.paths.CNIDir(), stderr: logWriter{s.Logger},
 		agentSocket: func(node string) string { return filepath.Join(s.nodeDir(node), "cni.sock") }}
@@ -98,6 +101,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.mesh.setNamespace(ns, false)
 	}
 	s.waitZtunnels(ctx, 20*time.Second)
+	for _, ap := range snap.AuthorizationPolicies() {
+		s.policies[ap.Namespace+"/"+ap.Name] = ap
+	}
 	for _, svc := range snap.Services() {
 		s.ensureService(svc)
 	}
@@ -130,6 +136,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 func (s *Supervisor) handle(ctx context.Context, ev filesource.Event) {
 	switch obj := ev.Object.(type) {
+	case *securityclient.AuthorizationPolicy:
+		s.update(func() {
+			if ev.Type == filesource.Deleted {
+				delete(s.policies, ev.Key.Namespace+"/"+ev.Key.Name)
+			} else {
+				s.policies[ev.Key.Namespace+"/"+ev.Key.Name] = obj
+			}
+		})
+		s.Logger.Info("authorization policy "+ev.Type.String(), "policy", ev.Key.Namespace+"/"+ev.Key.Name)
 	case *corev1.Namespace:
 		if s.mesh.setNamespace(obj, ev.Type == filesource.Deleted) {
 			s.Logger.Info("namespace changed; reconciling enrollment", "namespace", obj.Name, "labels", obj.Labels)

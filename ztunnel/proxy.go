@@ -17,6 +17,7 @@ import (
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/zdsapi"
 
+	"github.com/ambit-mesh/ambit/authz"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/identity/caclient"
@@ -63,7 +64,39 @@ func New(cfg Config) *Ztunnel {
 	if cfg.TrustDomain == "" {
 		cfg.TrustDomain = identity.DefaultTrustDomain
 	}
-	return &Ztunnel{cfg: cfg, proxies: map[string]*podProxy{}}
+	z := &Ztunnel{cfg: cfg, proxies: map[string]*podProxy{}}
+	if cfg.Index != nil {
+		cfg.Index.mu.Lock()
+		cfg.Index.onPolicyChange = z.recheck
+		cfg.Index.mu.Unlock()
+	}
+	return z
+}
+
+// recheck re-evaluates every open inbound connection after a policy
+// change and closes those now denied (as upstream's policy watcher).
+func (z *Ztunnel) recheck() {
+	z.mu.Lock()
+	ps := make([]*podProxy, 0, len(z.proxies))
+	for _, p := range z.proxies {
+		ps = append(ps, p)
+	}
+	z.mu.Unlock()
+	for _, p := range ps {
+		p.mu.Lock()
+		var denied []net.Conn
+		for c, ac := range p.inbound {
+			if d := p.authorize(ac); !d.Allow {
+				denied = append(denied, c)
+				z.cfg.AccessLog.Info("connection closed by policy", "direction", "inbound", "dst.workload", p.info.GetName(),
+					"src.addr", ac.SrcIP.String(), "dst.port", ac.DstPort, "policy", d.Policy, "reason", d.Reason)
+			}
+		}
+		p.mu.Unlock()
+		for _, c := range denied {
+			c.Close()
+		}
+	}
 }
 
 // AddWorkload starts the proxy of a pod inside its network namespace. A
@@ -186,8 +219,9 @@ type podProxy struct {
 	stopOnce sync.Once
 	stopped  chan struct{}
 
-	mu   sync.Mutex
-	open map[net.Conn]struct{}
+	mu      sync.Mutex
+	open    map[net.Conn]struct{}
+	inbound map[net.Conn]authz.Conn // authorized inbound connections, re-checked on policy changes
 }
 
 func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.File, dev, ino uint64) (*podProxy, error) {
@@ -202,7 +236,7 @@ func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.Fi
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &podProxy{z: z, uid: uid, info: info, id: id, netns: netns, dev: dev, ino: ino,
 		path: fmt.Sprintf("/proc/self/fd/%d", netns.Fd()), ctx: ctx, cancel: cancel,
-		open: map[net.Conn]struct{}{}, stopped: make(chan struct{})}
+		open: map[net.Conn]struct{}{}, inbound: map[net.Conn]authz.Conn{}, stopped: make(chan struct{})}
 	p.pool = &hbone.Pool{
 		Logger:  z.cfg.Logger,
 		DialTCP: nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil),
@@ -291,6 +325,27 @@ func (p *podProxy) closeConns() {
 	defer p.mu.Unlock()
 	for c := range p.open {
 		c.Close()
+	}
+}
+
+// authorize evaluates the policies that apply to this pod for a connection.
+func (p *podProxy) authorize(c authz.Conn) authz.Decision {
+	w := p.z.cfg.Index.WorkloadByIP(c.DstIP)
+	if w == nil {
+		w = &workloadapi.Workload{Namespace: p.info.GetNamespace(), Name: p.info.GetName()}
+	}
+	return authz.Evaluate(authz.Select(p.z.cfg.Index.Policies(), w), c)
+}
+
+// trackInbound remembers an authorized inbound connection for re-checks.
+func (p *podProxy) trackInbound(c net.Conn, ac authz.Conn) func() {
+	p.mu.Lock()
+	p.inbound[c] = ac
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		delete(p.inbound, c)
+		p.mu.Unlock()
 	}
 }
 
@@ -451,6 +506,14 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn
 	if src, ok := r.RemoteAddr.(*net.TCPAddr); ok {
 		srcIP = src.AddrPort().Addr().Unmap()
 	}
+	peer := r.Peer
+	ac := authz.Conn{Src: &peer, SrcIP: srcIP, DstIP: r.Target.Addr.Addr().Unmap(), DstPort: r.Target.Port}
+	if d := p.authorize(ac); !d.Allow {
+		p.z.cfg.AccessLog.Info("connection denied", "direction", "inbound", "src.addr", r.RemoteAddr.String(), "src.identity", peer.String(),
+			"dst.addr", r.Target.String(), "dst.workload", p.info.GetName(), "dst.namespace", p.info.GetNamespace(), "policy", d.Policy, "reason", d.Reason)
+		p.z.cfg.Metrics.fail(connLabels{reporter: "destination", srcID: peer, srcNS: peer.Namespace, dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), mtls: true, responseFlags: "DENY"})
+		return nil, &hbone.StatusError{Code: http.StatusUnauthorized, Reason: d.Reason}
+	}
 	ml := connLabels{reporter: "destination", src: p.z.cfg.Index.WorkloadByIP(srcIP), srcID: r.Peer, srcNS: r.Peer.Namespace,
 		dst: p.z.cfg.Index.WorkloadByIP(r.Target.Addr.Addr()), dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), mtls: true}
 	if ml.src != nil {
@@ -464,15 +527,20 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn
 	}
 	closed := p.z.cfg.Metrics.open(ml)
 	untrack := p.track(up)
+	untrackInbound := func() {}
 	attrs := []any{"direction", "inbound", "src.addr", r.RemoteAddr.String(), "src.identity", r.Peer.String(),
 		"dst.addr", r.Target.String(), "dst.hbone_addr", r.Target.String(), "dst.namespace", p.info.GetNamespace(),
 		"dst.workload", p.info.GetName(), "dst.identity", p.id.String()}
-	return &loggedConn{Conn: up, start: time.Now(), onClose: func(sent, recv int64, d time.Duration) {
+	lc := &loggedConn{Conn: up, start: time.Now()}
+	untrackInbound = p.trackInbound(lc, ac)
+	lc.onClose = func(sent, recv int64, d time.Duration) {
 		untrack()
+		untrackInbound()
 		closed(sent, recv)
 		p.z.cfg.AccessLog.Info("connection complete", append(attrs, "bytes_sent", sent, "bytes_recv", recv,
 			"duration", d.Round(time.Millisecond).String())...)
-	}}, nil
+	}
+	return lc, nil
 }
 
 // inboundPlain handles plaintext arriving on 15006 from outside the mesh.
@@ -490,6 +558,15 @@ func (p *podProxy) inboundPlain(c *net.TCPConn) {
 	}
 	ml := connLabels{reporter: "destination", src: p.z.cfg.Index.WorkloadByIP(src.Addr()), dst: p.z.cfg.Index.WorkloadByIP(orig.Addr()),
 		dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName()}
+	ac := authz.Conn{SrcIP: src.Addr(), DstIP: orig.Addr(), DstPort: orig.Port()}
+	if d := p.authorize(ac); !d.Allow {
+		p.z.cfg.AccessLog.Info("connection denied", "direction", "inbound", "src.addr", src.String(), "dst.addr", orig.String(),
+			"dst.workload", p.info.GetName(), "dst.namespace", p.info.GetNamespace(), "policy", d.Policy, "reason", d.Reason)
+		ml.responseFlags = "DENY"
+		p.z.cfg.Metrics.fail(ml)
+		return
+	}
+	defer p.trackInbound(c, ac)()
 	if ml.src != nil {
 		ml.srcNS, ml.srcName = ml.src.GetNamespace(), ml.src.GetName()
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
 
 	"github.com/ambit-mesh/ambit/identity"
 )
@@ -26,13 +27,17 @@ type Index struct {
 	byIP      map[netip.Addr]*workloadapi.Workload
 	services  map[string]*workloadapi.Service // by namespace/hostname
 	byVIP     map[netip.Addr]*workloadapi.Service
+	policies  map[string]*security.Authorization // by namespace/name
 	version   uint64
+	// onPolicyChange, if set, runs after policies change (ztunnel then
+	// re-checks open connections).
+	onPolicyChange func()
 }
 
 // NewIndex returns an empty index.
 func NewIndex() *Index {
 	return &Index{workloads: map[string]*workloadapi.Workload{}, byIP: map[netip.Addr]*workloadapi.Workload{},
-		services: map[string]*workloadapi.Service{}, byVIP: map[netip.Addr]*workloadapi.Service{}}
+		services: map[string]*workloadapi.Service{}, byVIP: map[netip.Addr]*workloadapi.Service{}, policies: map[string]*security.Authorization{}}
 }
 
 // ServiceKey is a service's resource name: namespace/hostname.
@@ -234,6 +239,53 @@ func (x *Index) staleNames(full []*workloadapi.Address) []string {
 		}
 	}
 	for k := range x.services {
+		if !keep[k] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// UpdatePolicies applies a delta of authorization policies.
+func (x *Index) UpdatePolicies(upserts []*security.Authorization, removed []string) {
+	x.mu.Lock()
+	for _, name := range removed {
+		delete(x.policies, name)
+	}
+	for _, p := range upserts {
+		x.policies[p.GetNamespace()+"/"+p.GetName()] = p
+	}
+	hook := x.onPolicyChange
+	x.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+}
+
+// Policies returns every policy, sorted by name.
+func (x *Index) Policies() []*security.Authorization {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make([]*security.Authorization, 0, len(x.policies))
+	for _, p := range x.policies {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].GetNamespace()+"/"+out[i].GetName() < out[j].GetNamespace()+"/"+out[j].GetName()
+	})
+	return out
+}
+
+// stalePolicies lists the policies not in a full state.
+func (x *Index) stalePolicies(full []*security.Authorization) []string {
+	keep := map[string]bool{}
+	for _, p := range full {
+		keep[p.GetNamespace()+"/"+p.GetName()] = true
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var out []string
+	for k := range x.policies {
 		if !keep[k] {
 			out = append(out, k)
 		}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
 )
 
 // Type URLs ztunnel subscribes to (as upstream).
@@ -76,7 +77,7 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 			return false, fmt.Errorf("subscribing to %s: %w", typ, err)
 		}
 	}
-	first := true
+	first, firstPolicies := true, true
 	for {
 		resp, err := st.Recv()
 		if err != nil {
@@ -109,6 +110,30 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 				c.Index.Update(upserts, removed)
 				c.synced.Store(true)
 				c.Logger.Info("WDS update", "upserts", len(upserts), "removed", len(removed))
+			}
+		}
+		if resp.GetTypeUrl() == authorizationType {
+			var ps []*security.Authorization
+			var bad error
+			for _, r := range resp.GetResources() {
+				a := &security.Authorization{}
+				if err := r.GetResource().UnmarshalTo(a); err != nil {
+					bad = fmt.Errorf("policy %s: %w", r.GetName(), err)
+					break
+				}
+				ps = append(ps, a)
+			}
+			if bad != nil {
+				ack.ErrorDetail = statusOf(bad)
+				c.Logger.Error("authorization update rejected", "err", bad)
+			} else {
+				removed := resp.GetRemovedResources()
+				if firstPolicies {
+					removed = append(removed, c.Index.stalePolicies(ps)...)
+					firstPolicies = false
+				}
+				c.Index.UpdatePolicies(ps, removed)
+				c.Logger.Info("authorization update", "upserts", len(ps), "removed", len(removed))
 			}
 		}
 		if err := st.Send(ack); err != nil {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
 	"istio.io/istio/pkg/zdsapi"
 
 	"github.com/ambit-mesh/ambit/identity"
@@ -280,6 +281,38 @@ func TestMeshTraffic(t *testing.T) {
 		c.Close()
 		if got, err := ask(t, m.pods["a"], m.ips["b"]+":8080"); err != nil || !strings.HasPrefix(got, "you are ") {
 			t.Fatalf("after garbage: %q %v", got, err)
+		}
+	})
+	t.Run("policy: deny closes open connections and refuses new ones; allow restores", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		open, err := nsnet.DialFunc(m.pods["a"], nsnet.SocketOptions{}, nil)(ctx, "tcp", m.ips["b"]+":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer open.Close()
+		r := bufio.NewReader(open)
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		deny := &security.Authorization{Name: "deny-client", Namespace: "demo", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY,
+			Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{Principals: []*security.StringMatch{{MatchType: &security.StringMatch_Exact{Exact: "cluster.local/ns/demo/sa/client"}}}}}}}}}}
+		m.index.UpdatePolicies([]*security.Authorization{deny}, nil)
+		open.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := r.ReadString('\n'); err == nil {
+			t.Fatal("the open connection survived a DENY")
+		}
+		if got, err := ask(t, m.pods["a"], m.ips["b"]+":8080"); err == nil && strings.HasPrefix(got, "you are") {
+			t.Fatalf("a denied client got through: %q", got)
+		}
+		m.logs["node2"].waitFor(t, map[string]string{"msg": "connection denied", "policy": "demo/deny-client"})
+		// Plaintext from outside the mesh is not the denied principal.
+		if got, err := ask(t, m.pods["c"], m.ips["b"]+":8080"); err != nil || !strings.HasPrefix(got, "you are") {
+			t.Fatalf("plaintext peer: %q %v", got, err)
+		}
+		m.index.UpdatePolicies(nil, []string{"demo/deny-client"})
+		if got, err := ask(t, m.pods["a"], m.ips["b"]+":8080"); err != nil || !strings.HasPrefix(got, "you are") {
+			t.Fatalf("after removing the DENY: %q %v", got, err)
 		}
 	})
 	t.Run("unenroll: traffic is plaintext again", func(t *testing.T) {

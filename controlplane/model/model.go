@@ -8,9 +8,13 @@ import (
 	"net/netip"
 	"sort"
 
+	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/ambit-mesh/ambit/authz"
 )
 
 // Annotations and labels of the ambient data plane (as upstream).
@@ -32,6 +36,10 @@ type Inputs struct {
 	ClusterIPs map[string]string // namespace/name -> VIP
 	Cluster    string
 	Domain     string
+	// Policies are the AuthorizationPolicies; selector policies are named
+	// on the workloads they select.
+	Policies      []*securityclient.AuthorizationPolicy
+	RootNamespace string
 }
 
 // WorkloadName is the WDS resource name of a pod (upstream's form).
@@ -134,6 +142,7 @@ func Build(in Inputs) map[string]*workloadapi.Address {
 		if pod.Spec.HostNetwork {
 			w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
 		}
+		w.AuthorizationPolicies = selectedPolicies(in, pod)
 		for _, s := range svcs {
 			if s.svc.Namespace != pod.Namespace || !s.sel.Matches(labels.Set(pod.Labels)) {
 				continue
@@ -200,4 +209,40 @@ func Names(set map[string]*workloadapi.Address) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// selectedPolicies names the selector policies that apply to a pod: those
+// of its namespace, and those of the root namespace, whose labels match.
+func selectedPolicies(in Inputs, pod *corev1.Pod) []string {
+	root := in.RootNamespace
+	if root == "" {
+		root = authz.DefaultRootNamespace
+	}
+	var out []string
+	for _, p := range in.Policies {
+		sel := p.Spec.GetSelector().GetMatchLabels()
+		if len(sel) == 0 || (p.Namespace != pod.Namespace && p.Namespace != root) {
+			continue
+		}
+		if labels.SelectorFromSet(sel).Matches(labels.Set(pod.Labels)) {
+			out = append(out, p.Namespace+"/"+p.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// BuildAuthorizations translates the policies for ztunnel, by resource
+// name (namespace/name), with the warnings users should see.
+func BuildAuthorizations(in Inputs) (map[string]*security.Authorization, []authz.Warning) {
+	out := map[string]*security.Authorization{}
+	var warnings []authz.Warning
+	for _, p := range in.Policies {
+		a, w := authz.Translate(p, in.RootNamespace)
+		warnings = append(warnings, w...)
+		if a != nil {
+			out[p.Namespace+"/"+p.Name] = a
+		}
+	}
+	return out, warnings
 }

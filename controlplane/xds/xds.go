@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
 )
 
 // Type URLs of the WDS resources.
@@ -36,6 +37,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	current map[string]*workloadapi.Address
+	authzs  map[string]*security.Authorization
 }
 
 // New returns a server with no resources.
@@ -43,7 +45,7 @@ func New(ctx context.Context, logger *slog.Logger) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{logger: logger, current: map[string]*workloadapi.Address{},
+	s := &Server{logger: logger, current: map[string]*workloadapi.Address{}, authzs: map[string]*security.Authorization{},
 		address: cache.NewLinearCache(AddressType), authz: cache.NewLinearCache(AuthorizationType)}
 	mux := &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
@@ -97,5 +99,32 @@ func (s *Server) Update(set map[string]*workloadapi.Address) error {
 	}
 	s.current = set
 	s.logger.Info("WDS update", "changed", len(changed), "removed", len(removed), "total", len(set))
+	return nil
+}
+
+// UpdateAuthorizations replaces the served policies; only changes are sent.
+func (s *Server) UpdateAuthorizations(set map[string]*security.Authorization) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := map[string]cachetypes.Resource{}
+	var removed []string
+	for name, a := range set {
+		if old, ok := s.authzs[name]; !ok || !proto.Equal(old, a) {
+			changed[name] = a
+		}
+	}
+	for name := range s.authzs {
+		if _, ok := set[name]; !ok {
+			removed = append(removed, name)
+		}
+	}
+	if len(changed) == 0 && len(removed) == 0 {
+		return nil
+	}
+	if err := s.authz.UpdateResources(changed, removed); err != nil {
+		return fmt.Errorf("xds: updating authorizations: %w", err)
+	}
+	s.authzs = set
+	s.logger.Info("authorization update", "changed", len(changed), "removed", len(removed), "total", len(set))
 	return nil
 }

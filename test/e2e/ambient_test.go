@@ -364,6 +364,72 @@ func TestAmbientMesh(t *testing.T) {
 		}
 	})
 
+	t.Run("L4 policy: deny-all, then allow sa/client on 8080; a DENY closes open connections", func(t *testing.T) {
+		echo2 := st.podIP(t, "demo", "echo-2")
+		write := func(name, doc string) {
+			if err := os.WriteFile(filepath.Join(cfg, name), []byte(doc), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		defer func() {
+			for _, f := range []string{"policy-deny-all.yaml", "policy-allow.yaml", "policy-deny.yaml"} {
+				os.Remove(filepath.Join(cfg, f))
+			}
+			waitFor(t, 20*time.Second, "policies gone", func() bool {
+				sum, err := sampleClient(t, stateDir, "legacy/outsider", "http://"+echo2+":8080/", 1)
+				return err == nil && sum.Codes["200"] == 1
+			})
+		}()
+		write("policy-deny-all.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-nothing, namespace: demo}\nspec: {}\n")
+		waitFor(t, 20*time.Second, "deny-all in force", func() bool {
+			sum, _ := sampleClient(t, stateDir, "demo/client", "http://"+echo2+":8080/", 1)
+			return sum != nil && sum.Errors == 1
+		})
+		findLogFunc(t, stateDir, "node2", func(r map[string]any) bool {
+			return r["msg"] == "connection denied" && r["src.identity"] == clientID && r["reason"] == "allow policies exist, but none allowed"
+		})
+		write("policy-allow.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-client, namespace: demo}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]\n    to: [{operation: {ports: [\"8080\"]}}]\n")
+		waitFor(t, 20*time.Second, "client allowed on 8080", func() bool {
+			sum, err := sampleClient(t, stateDir, "demo/client", "http://"+echo2+":8080/", 2)
+			return err == nil && sum.Codes["200"] == 2
+		})
+		if sum, _ := sampleClient(t, stateDir, "legacy/outsider", "http://"+echo2+":8080/", 1); sum == nil || sum.Errors != 1 {
+			t.Errorf("plaintext peer not refused under the allow policy: %+v", sum)
+		}
+		if sum, _ := sampleClient(t, stateDir, "demo/client", "banner://"+st.podIP(t, "demo", "banner")+":2525", 1); sum == nil || sum.Errors != 1 {
+			t.Errorf("client on port 2525 not refused: %+v", sum)
+		}
+		// A long-lived connection, then a DENY for its client: closed within 2 s.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c, err := nsnet.DialFunc(podNetns(t, stateDir, "demo", "client"), nsnet.SocketOptions{}, nil)(ctx, "tcp", echo2+":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "200") {
+			t.Fatalf("long-lived connection: %q %v", line, err)
+		}
+		write("policy-deny.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-client, namespace: demo}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]\n")
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, br); err != nil && time.Since(start) >= 10*time.Second {
+			t.Fatal("the connection was not closed")
+		}
+		// The config watch debounce and the push are part of the budget.
+		if d := time.Since(start); d > 2*time.Second+time.Second {
+			t.Errorf("closed %s after the DENY was written, want about 2 s", d)
+		} else {
+			t.Logf("open connection closed %s after the DENY was written", d.Round(10*time.Millisecond))
+		}
+		findLogFunc(t, stateDir, "node2", func(r map[string]any) bool {
+			return r["msg"] == "connection closed by policy" && r["policy"] == "demo/deny-client"
+		})
+	})
+
 	t.Run("unlabel and relabel the namespace: live, without restarting pods", func(t *testing.T) {
 		echo2NS := podNetns(t, stateDir, "demo", "echo-2")
 		pidBefore := podPID(t, stateDir, "demo", "echo-2")
