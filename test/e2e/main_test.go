@@ -138,7 +138,8 @@ func sampleClient(t *testing.T, stateDir, pod, url string, n int) (*clientSummar
 	out, err := ambit(t, 60*time.Second, "local", "exec", "--state-dir", stateDir, pod, "--",
 		"ambit", "sample", "client", url, "-n", fmt.Sprint(n), "-o", "json", "--timeout", "5s")
 	var sum clientSummary
-	if i := strings.Index(out, "{"); i >= 0 && json.Unmarshal([]byte(out[i:]), &sum) == nil {
+	// The summary is followed by the CLI's error line when requests failed.
+	if i := strings.Index(out, "{"); i >= 0 && json.NewDecoder(strings.NewReader(out[i:])).Decode(&sum) == nil {
 		return &sum, err
 	}
 	return nil, fmt.Errorf("client in %s: %v\n%s", pod, err, out)
