@@ -64,7 +64,7 @@ func ztunnelLog(t *testing.T, stateDir, node string) []map[string]any {
 	var out []map[string]any
 	for _, line := range bytes.Split(data, []byte("\n")) {
 		var rec map[string]any
-		if json.Unmarshal(line, &rec) == nil && rec["msg"] == "connection complete" {
+		if json.Unmarshal(line, &rec) == nil && rec["direction"] != nil {
 			out = append(out, rec)
 		}
 	}
