@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,26 +17,46 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
-	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// EchoReply is what the echo server answers, over HTTP and gRPC alike.
+// Response headers the echo server sets on every HTTP answer, so that a
+// client learns who answered and what source it saw whatever the body is
+// (/size, /status, JSON or text).
+const (
+	HeaderPod    = "X-Ambit-Pod"
+	HeaderSource = "X-Ambit-Source"
+)
+
+// Limits of the test helpers, so that no request can hold the server long
+// or make it allocate much.
+const (
+	maxDelay     = time.Minute
+	maxSize      = 1 << 30 // /size/<bytes>
+	maxBodyBytes = 1 << 30 // request bodies are read and counted, up to this
+)
+
+// shutdownGrace is how long Serve lets in-flight requests finish once its
+// context is done.
+const shutdownGrace = 5 * time.Second
+
+// EchoReply is what the echo server reports, over HTTP and gRPC alike.
 type EchoReply struct {
-	Pod     string              `json:"pod"`
-	Source  string              `json:"source"`
-	Proto   string              `json:"proto"`
-	Method  string              `json:"method"`
-	URL     string              `json:"url"`
-	Host    string              `json:"host"`
-	Headers map[string][]string `json:"headers"`
+	Pod       string              `json:"pod"`       // the server's pod name
+	Source    string              `json:"source"`    // the peer address the server saw, ip:port
+	Proto     string              `json:"proto"`     // HTTP/1.1, HTTP/2.0 or gRPC
+	Method    string              `json:"method"`    // HTTP method (POST for gRPC)
+	URL       string              `json:"url"`       // request URI (the full method for gRPC)
+	Host      string              `json:"host"`      // Host header or :authority
+	BodyBytes int64               `json:"bodyBytes"` // request body size (request message size for gRPC)
+	Headers   map[string][]string `json:"headers"`   // request headers (metadata for gRPC)
 }
 
-// Text renders the reply as the plain-text body: one "key=value" per line.
+// Text renders the reply as the plain-text body: one "key=value" per line,
+// then one "header Name=value" line per header value, names sorted.
 func (r *EchoReply) Text() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "pod=%s\nsource=%s\nproto=%s\nmethod=%s\nurl=%s\nhost=%s\n", r.Pod, r.Source, r.Proto, r.Method, r.URL, r.Host)
+	fmt.Fprintf(&b, "pod=%s\nsource=%s\nproto=%s\nmethod=%s\nurl=%s\nhost=%s\nbodyBytes=%d\n",
+		r.Pod, r.Source, r.Proto, r.Method, r.URL, r.Host, r.BodyBytes)
 	keys := make([]string, 0, len(r.Headers))
 	for k := range r.Headers {
 		keys = append(keys, k)
@@ -49,10 +70,12 @@ func (r *EchoReply) Text() string {
 	return b.String()
 }
 
-// ParseEchoText parses the body Text produces.
+// ParseEchoText parses the body Text produces. Unknown keys are ignored so
+// that older clients read newer servers.
 func ParseEchoText(body string) (*EchoReply, error) {
 	r := &EchoReply{Headers: map[string][]string{}}
 	for _, line := range strings.Split(strings.TrimSpace(body), "\n") {
+		line = strings.TrimRight(line, "\r")
 		if h, ok := strings.CutPrefix(line, "header "); ok {
 			k, v, _ := strings.Cut(h, "=")
 			r.Headers[k] = append(r.Headers[k], v)
@@ -75,6 +98,12 @@ func ParseEchoText(body string) (*EchoReply, error) {
 			r.URL = v
 		case "host":
 			r.Host = v
+		case "bodyBytes":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("echo reply: bodyBytes %q: %w", v, err)
+			}
+			r.BodyBytes = n
 		}
 	}
 	if r.Pod == "" {
@@ -83,137 +112,140 @@ func ParseEchoText(body string) (*EchoReply, error) {
 	return r, nil
 }
 
-// EchoServer serves HTTP/1.1, cleartext HTTP/2 (h2c) and gRPC on one port.
+// EchoServer serves HTTP/1.1, cleartext HTTP/2 with prior knowledge (h2c)
+// and gRPC on one port. (The h2c Upgrade dance is not offered: RFC 9113
+// deprecates it and net/http does not implement it.)
 //
-// Paths: / echoes; /status/<code> answers that status; /delay/<duration>
-// waits first; /size/<bytes> answers that many bytes. ?format=json or
-// "Accept: application/json" selects JSON.
+// HTTP paths: any path echoes; /status/<code> answers with that status
+// (200-599); /delay/<duration> waits up to 1m first; /size/<bytes> answers
+// with that many bytes (up to 1 GiB) instead of the echo. ?format=json or
+// "Accept: application/json" selects JSON. Every answer carries the
+// X-Ambit-Pod and X-Ambit-Source headers.
+//
+// gRPC: ambit.samples.Echo/Echo takes and returns a google.protobuf.Struct
+// (the reply has the EchoReply fields); grpc.health.v1.Health reports
+// SERVING until shutdown.
 type EchoServer struct {
-	Name   string // the pod name reported in replies
-	Logger *slog.Logger
+	Name   string       // the pod name reported in replies
+	Logger *slog.Logger // nil: no logs
 }
 
-// echoServiceName is the gRPC service the echo server registers.
-const echoServiceName = "ambit.samples.Echo"
-
-// echoMethod is the full gRPC method name of Echo.
-const echoMethod = "/" + echoServiceName + "/Echo"
-
-func (s *EchoServer) reply(r *http.Request) *EchoReply {
-	return &EchoReply{Pod: s.Name, Source: r.RemoteAddr, Proto: r.Proto, Method: r.Method, URL: r.URL.String(), Host: r.Host, Headers: r.Header}
+func (s *EchoServer) log() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
 }
 
-// ServeHTTP implements http.Handler for the HTTP side.
+// wantsJSON reports whether the client asked for a JSON reply.
+func wantsJSON(r *http.Request) bool {
+	return r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json")
+}
+
+// ServeHTTP implements http.Handler for the HTTP side (not gRPC).
 func (s *EchoServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	w.Header().Set(HeaderPod, s.Name)
+	w.Header().Set(HeaderSource, r.RemoteAddr)
+	code, sent := s.serveHTTP(w, r)
+	s.log().Info("request", "proto", r.Proto, "method", r.Method, "url", r.URL.String(), "host", r.Host,
+		"source", r.RemoteAddr, "code", code, "bytes", sent, "duration", time.Since(start).Round(time.Microsecond))
+}
+
+// serveHTTP answers r and returns the status and the body bytes written.
+func (s *EchoServer) serveHTTP(w http.ResponseWriter, r *http.Request) (int, int64) {
+	// Read the body first: its size is part of the report, and a drained
+	// HTTP/1.1 request leaves its connection reusable.
+	n, err := io.Copy(io.Discard, io.LimitReader(r.Body, maxBodyBytes))
+	if err != nil {
+		return httpError(w, http.StatusBadRequest, fmt.Sprintf("reading request body: %v", err))
+	}
 	code := http.StatusOK
 	path := r.URL.Path
 	switch {
 	case strings.HasPrefix(path, "/status/"):
 		c, err := strconv.Atoi(strings.TrimPrefix(path, "/status/"))
 		if err != nil || c < 200 || c > 599 {
-			http.Error(w, "bad status code", http.StatusBadRequest)
-			return
+			return httpError(w, http.StatusBadRequest, "bad status code (want /status/200 to /status/599)")
 		}
 		code = c
 	case strings.HasPrefix(path, "/delay/"):
 		d, err := time.ParseDuration(strings.TrimPrefix(path, "/delay/"))
-		if err != nil || d < 0 || d > time.Minute {
-			http.Error(w, "bad delay (want a duration up to 1m)", http.StatusBadRequest)
-			return
+		if err != nil || d < 0 || d > maxDelay {
+			return httpError(w, http.StatusBadRequest, "bad delay (want a duration from 0 to 1m, like /delay/250ms)")
 		}
+		t := time.NewTimer(d)
+		defer t.Stop()
 		select {
-		case <-time.After(d):
+		case <-t.C:
 		case <-r.Context().Done():
-			return
+			return 499, 0 // the client went away (nginx's code, for the log only)
 		}
 	case strings.HasPrefix(path, "/size/"):
-		n, err := strconv.Atoi(strings.TrimPrefix(path, "/size/"))
-		if err != nil || n < 0 || n > 1<<30 {
-			http.Error(w, "bad size (want 0 to 1 GiB)", http.StatusBadRequest)
-			return
+		size, err := strconv.Atoi(strings.TrimPrefix(path, "/size/"))
+		if err != nil || size < 0 || size > maxSize {
+			return httpError(w, http.StatusBadRequest, "bad size (want 0 to 1073741824 bytes, like /size/1024)")
 		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.Itoa(n))
-		buf := make([]byte, min(n, 64<<10))
-		for i := range buf {
-			buf[i] = 'a'
-		}
-		for n > 0 {
-			k, err := w.Write(buf[:min(n, len(buf))])
-			if err != nil {
-				return
-			}
-			n -= k
-		}
-		return
+		return http.StatusOK, writeSize(w, size)
 	}
-	rep := s.reply(r)
-	w.Header().Set("X-Ambit-Pod", s.Name)
-	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
+	rep := &EchoReply{Pod: s.Name, Source: r.RemoteAddr, Proto: r.Proto, Method: r.Method, URL: r.URL.String(),
+		Host: r.Host, BodyBytes: n, Headers: r.Header}
+	var body []byte
+	if wantsJSON(r) {
 		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		_ = json.NewEncoder(w).Encode(rep)
+		body, err = json.Marshal(rep)
+		if err != nil {
+			return httpError(w, http.StatusInternalServerError, fmt.Sprintf("encoding reply: %v", err))
+		}
+		body = append(body, '\n')
 	} else {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(code)
-		_, _ = w.Write([]byte(rep.Text()))
+		body = []byte(rep.Text())
 	}
-	s.Logger.Info("request", "proto", r.Proto, "method", r.Method, "url", r.URL.String(), "source", r.RemoteAddr, "code", code)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	k, _ := w.Write(body)
+	return code, int64(k)
 }
 
-// grpcEcho answers the Echo RPC: the request is a google.protobuf.Struct
-// (ignored but logged), the reply a Struct with the EchoReply fields.
-func (s *EchoServer) grpcEcho(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-	in := &structpb.Struct{}
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	rep := &EchoReply{Pod: s.Name, Proto: "gRPC", Method: echoMethod, URL: echoMethod, Headers: map[string][]string{}}
-	if p, ok := peer.FromContext(ctx); ok {
-		rep.Source = p.Addr.String()
-	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		for k, v := range md {
-			rep.Headers[k] = v
+func httpError(w http.ResponseWriter, code int, msg string) (int, int64) {
+	http.Error(w, msg, code)
+	return code, int64(len(msg) + 1)
+}
+
+// writeSize writes size bytes of 'a' and returns how many went out.
+func writeSize(w http.ResponseWriter, size int) int64 {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(size))
+	w.WriteHeader(http.StatusOK)
+	buf := []byte(strings.Repeat("a", min(size, 32<<10)))
+	var sent int64
+	for left := size; left > 0; {
+		k, err := w.Write(buf[:min(left, len(buf))])
+		sent += int64(k)
+		if err != nil {
+			break
 		}
-		if a := md.Get(":authority"); len(a) > 0 {
-			rep.Host = a[0]
-		}
+		left -= k
 	}
-	s.Logger.Info("request", "proto", "gRPC", "method", echoMethod, "source", rep.Source)
-	return structpb.NewStruct(rep.asMap())
+	return sent
 }
 
-func (r *EchoReply) asMap() map[string]any {
-	h := map[string]any{}
-	for k, v := range r.Headers {
-		vs := make([]any, len(v))
-		for i := range v {
-			vs[i] = v[i]
-		}
-		h[k] = vs
-	}
-	return map[string]any{"pod": r.Pod, "source": r.Source, "proto": r.Proto, "method": r.Method, "url": r.URL, "host": r.Host, "headers": h}
+// isGRPC reports whether r is a gRPC call rather than plain HTTP.
+func isGRPC(r *http.Request) bool {
+	return r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
 }
 
-func echoReplyFromStruct(st *structpb.Struct) *EchoReply {
-	m := st.AsMap()
-	str := func(k string) string { s, _ := m[k].(string); return s }
-	return &EchoReply{Pod: str("pod"), Source: str("source"), Proto: str("proto"), Method: str("method"), URL: str("url"), Host: str("host")}
-}
-
-// Serve serves on l until ctx is done, then shuts down gracefully.
+// Serve serves on l until ctx is done, then shuts down gracefully: it stops
+// accepting, lets in-flight requests finish for up to 5s, then closes what
+// is left. It returns nil after a shutdown caused by ctx.
 func (s *EchoServer) Serve(ctx context.Context, l net.Listener) error {
-	if s.Logger == nil {
-		s.Logger = slog.New(slog.DiscardHandler)
-	}
+	log := s.log()
 	gs := grpc.NewServer()
-	gs.RegisterService(&grpc.ServiceDesc{
-		ServiceName: echoServiceName,
-		HandlerType: (*any)(nil),
-		Methods:     []grpc.MethodDesc{{MethodName: "Echo", Handler: s.grpcEcho}},
-	}, struct{}{})
-	healthpb.RegisterHealthServer(gs, health.NewServer())
+	gs.RegisterService(&echoServiceDesc, s)
+	hs := health.NewServer()
+	hs.SetServingStatus(echoServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
 
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -221,8 +253,10 @@ func (s *EchoServer) Serve(ctx context.Context, l net.Listener) error {
 	srv := &http.Server{
 		Protocols:         &protocols,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			if isGRPC(r) {
 				gs.ServeHTTP(w, r)
 				return
 			}
@@ -233,14 +267,19 @@ func (s *EchoServer) Serve(ctx context.Context, l net.Listener) error {
 	go func() { errc <- srv.Serve(l) }()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("echo server: %w", err)
+		gs.Stop()
+		return fmt.Errorf("echo server on %s: %w", l.Addr(), err)
 	case <-ctx.Done():
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	log.Info("shutting down", "grace", shutdownGrace)
+	hs.Shutdown() // health checks now answer NOT_SERVING
+	grace, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()
-	gs.Stop()
-	if err := srv.Shutdown(shutdown); err != nil {
-		return fmt.Errorf("echo server shutdown: %w", err)
+	if err := srv.Shutdown(grace); err != nil {
+		log.Warn("requests still running after the grace period; closing their connections", "err", err)
+		_ = srv.Close()
 	}
+	gs.Stop()
+	<-errc // http.ErrServerClosed
 	return nil
 }

@@ -13,13 +13,49 @@ import (
 	"time"
 )
 
+// countingConn counts the bytes read from and written to a connection.
+type countingConn struct {
+	net.Conn
+	in, out int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.in += int64(n)
+	return n, err
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.out += int64(n)
+	return n, err
+}
+
+// CloseWrite half-closes the connection if it can.
+func (c *countingConn) CloseWrite() error {
+	closeWrite(c.Conn)
+	return nil
+}
+
+// closeWrite half-closes c if it can, so that the peer reads EOF after what
+// was sent.
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+}
+
 // serveConns accepts on l until ctx is done and runs handle for every
-// connection. On return every connection has been closed and every handler
-// has finished.
-func serveConns(ctx context.Context, l net.Listener, logger *slog.Logger, handle func(net.Conn)) error {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]struct{}{}
+// connection in its own goroutine, logging one line per connection when it
+// ends. When ctx is done it closes l and every open connection, and it
+// returns (nil) only after every handler has finished. Accept errors other
+// than a closed listener are retried with backoff, as net/http does.
+func serveConns(ctx context.Context, l net.Listener, log *slog.Logger, handle func(net.Conn)) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+	)
 	stop := context.AfterFunc(ctx, func() {
 		l.Close()
 		mu.Lock()
@@ -30,90 +66,128 @@ func serveConns(ctx context.Context, l net.Listener, logger *slog.Logger, handle
 	})
 	defer stop()
 	defer wg.Wait()
+	var backoff time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("accept on %s: %w", l.Addr(), err)
 			}
-			return fmt.Errorf("accept: %w", err)
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.Warn("accept failed; retrying", "err", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
 		}
+		backoff = 0
 		mu.Lock()
+		if ctx.Err() != nil { // raced with shutdown: the AfterFunc already ran
+			mu.Unlock()
+			c.Close()
+			return nil
+		}
 		conns[c] = struct{}{}
 		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
+			start := time.Now()
+			cc := &countingConn{Conn: c}
 			defer func() {
 				mu.Lock()
 				delete(conns, c)
 				mu.Unlock()
 				c.Close()
+				log.Info("connection", "source", c.RemoteAddr().String(), "bytesIn", cc.in, "bytesOut", cc.out,
+					"duration", time.Since(start).Round(time.Microsecond))
 			}()
-			logger.Info("connection", "source", c.RemoteAddr().String())
-			handle(c)
-		}()
+			handle(cc)
+		})
 	}
 }
 
-// TCPEchoServer writes back every byte it reads. It is client-first: it
-// sends nothing before the client does.
+// TCPEchoServer writes back every byte it reads, and half-closes when the
+// client does. It is client-first: it sends nothing before the client does.
 type TCPEchoServer struct {
-	Logger *slog.Logger
+	Name   string       // the pod name, for logs
+	Logger *slog.Logger // nil: no logs
 }
 
-// Serve serves on l until ctx is done.
+// Serve serves on l until ctx is done, then closes every connection.
 func (s *TCPEchoServer) Serve(ctx context.Context, l net.Listener) error {
-	if s.Logger == nil {
-		s.Logger = slog.New(slog.DiscardHandler)
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return serveConns(ctx, l, s.Logger, func(c net.Conn) {
+	return serveConns(ctx, l, log, func(c net.Conn) {
 		_, _ = io.Copy(c, c)
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
+		closeWrite(c)
 	})
 }
 
 // BannerServer speaks a server-first, line-based protocol like SMTP: it
 // greets with "220 <name> ambit banner ready" before reading anything,
-// answers each line with "250 <line>", and "QUIT" with "221 bye".
+// answers each line with "250 <line>", and "QUIT" with "221 bye" before
+// closing. Lines end with "\n" or "\r\n"; a line longer than 64 KiB gets
+// "500 line too long" and the connection is closed.
 type BannerServer struct {
-	Name   string
-	Logger *slog.Logger
+	Name   string       // the pod name, in the greeting
+	Logger *slog.Logger // nil: no logs
 }
 
-// BannerGreeting is the first line the banner server writes.
+// maxBannerLine bounds the line a banner client may send.
+const maxBannerLine = 64 << 10
+
+// BannerGreeting is the first line the banner server writes, without "\r\n".
 func BannerGreeting(name string) string { return "220 " + name + " ambit banner ready" }
 
-// Serve serves on l until ctx is done.
+// Serve serves on l until ctx is done, then closes every connection.
 func (s *BannerServer) Serve(ctx context.Context, l net.Listener) error {
-	if s.Logger == nil {
-		s.Logger = slog.New(slog.DiscardHandler)
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return serveConns(ctx, l, s.Logger, func(c net.Conn) {
-		w := bufio.NewWriter(c)
-		fmt.Fprintf(w, "%s\r\n", BannerGreeting(s.Name))
-		if w.Flush() != nil {
+	return serveConns(ctx, l, log, s.handle)
+}
+
+func (s *BannerServer) handle(c net.Conn) {
+	w := bufio.NewWriter(c)
+	reply := func(line string) bool {
+		w.WriteString(line)
+		w.WriteString("\r\n")
+		return w.Flush() == nil
+	}
+	if !reply(BannerGreeting(s.Name)) {
+		return
+	}
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 0, 4096), maxBannerLine)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if strings.EqualFold(line, "QUIT") {
+			reply("221 bye")
+			lingerClose(c)
 			return
 		}
-		sc := bufio.NewScanner(c)
-		for sc.Scan() {
-			line := strings.TrimRight(sc.Text(), "\r")
-			if strings.EqualFold(line, "QUIT") {
-				fmt.Fprintf(w, "221 bye\r\n")
-				_ = w.Flush()
-				return
-			}
-			fmt.Fprintf(w, "250 %s\r\n", line)
-			if w.Flush() != nil {
-				return
-			}
+		if !reply("250 " + line) {
+			return
 		}
-	})
+	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		reply("500 line too long")
+		lingerClose(c)
+	}
+}
+
+// lingerClose half-closes c and reads what the peer still sends for a
+// moment, so that closing with unread input does not reset the connection
+// before the peer has read our last reply.
+func lingerClose(c net.Conn) {
+	closeWrite(c)
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
 }
