@@ -261,8 +261,12 @@ func (s *Supervisor) pushModel() {
 	for _, p := range s.policies {
 		policies = append(policies, p)
 	}
+	var peerAuth []*securityclient.PeerAuthentication
+	for _, p := range s.peerAuth {
+		peerAuth = append(peerAuth, p)
+	}
 	s.mu.Unlock()
-	in := model.Inputs{Pods: s.enrichedPods(), Services: svcs, ClusterIPs: vips, Policies: policies}
+	in := model.Inputs{Pods: s.enrichedPods(), Services: svcs, ClusterIPs: vips, Policies: policies, PeerAuthentications: peerAuth}
 	// Policies first, so that a workload never names a policy its
 	// ztunnel does not have yet.
 	authzs, warnings := model.BuildAuthorizations(in)

@@ -43,6 +43,7 @@ type Supervisor struct {
 	mesh     *meshParts
 	dirty    chan struct{} // the ambient model needs a push
 	policies map[string]*securityclient.AuthorizationPolicy
+	peerAuth map[string]*securityclient.PeerAuthentication
 }
 
 // podProc is one pod: its spec, status and running process.
@@ -66,6 +67,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.pods = map[string]*podProc{}
 	s.services = map[string]*corev1.Service{}
 	s.policies = map[string]*securityclient.AuthorizationPolicy{}
+	s.peerAuth = map[string]*securityclient.PeerAuthentication{}
 	s.vips = newVIPAllocator(serviceCIDR)
 	s.cni = &cni{self: s.self, binDir: s.binDir, dir: s.paths.CNIDir(), stderr: logWriter{s.Logger},
 		agentSocket: func(node string) string { return filepath.Join(s.nodeDir(node), "cni.sock") }}
@@ -104,6 +106,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	for _, ap := range snap.AuthorizationPolicies() {
 		s.policies[ap.Namespace+"/"+ap.Name] = ap
 	}
+	for _, pa := range snap.PeerAuthentications() {
+		s.peerAuth[pa.Namespace+"/"+pa.Name] = pa
+	}
 	for _, svc := range snap.Services() {
 		s.ensureService(svc)
 	}
@@ -136,6 +141,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 func (s *Supervisor) handle(ctx context.Context, ev filesource.Event) {
 	switch obj := ev.Object.(type) {
+	case *securityclient.PeerAuthentication:
+		s.update(func() {
+			if ev.Type == filesource.Deleted {
+				delete(s.peerAuth, ev.Key.Namespace+"/"+ev.Key.Name)
+			} else {
+				s.peerAuth[ev.Key.Namespace+"/"+ev.Key.Name] = obj
+			}
+		})
+		s.Logger.Info("peer authentication "+ev.Type.String(), "policy", ev.Key.Namespace+"/"+ev.Key.Name)
 	case *securityclient.AuthorizationPolicy:
 		s.update(func() {
 			if ev.Type == filesource.Deleted {

@@ -38,8 +38,9 @@ type Inputs struct {
 	Domain     string
 	// Policies are the AuthorizationPolicies; selector policies are named
 	// on the workloads they select.
-	Policies      []*securityclient.AuthorizationPolicy
-	RootNamespace string
+	Policies            []*securityclient.AuthorizationPolicy
+	PeerAuthentications []*securityclient.PeerAuthentication
+	RootNamespace       string
 }
 
 // WorkloadName is the WDS resource name of a pod (upstream's form).
@@ -85,6 +86,7 @@ func Build(in Inputs) map[string]*workloadapi.Address {
 		in.Domain = DefaultDomain
 	}
 	out := map[string]*workloadapi.Address{}
+	_, strict := peerAuthentication(in)
 	type svcInfo struct {
 		svc   *corev1.Service
 		name  string
@@ -142,7 +144,7 @@ func Build(in Inputs) map[string]*workloadapi.Address {
 		if pod.Spec.HostNetwork {
 			w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
 		}
-		w.AuthorizationPolicies = selectedPolicies(in, pod)
+		w.AuthorizationPolicies = append(selectedPolicies(in, pod), strict[pod.Namespace+"/"+pod.Name]...)
 		for _, s := range svcs {
 			if s.svc.Namespace != pod.Namespace || !s.sel.Matches(labels.Set(pod.Labels)) {
 				continue
@@ -235,7 +237,7 @@ func selectedPolicies(in Inputs, pod *corev1.Pod) []string {
 // BuildAuthorizations translates the policies for ztunnel, by resource
 // name (namespace/name), with the warnings users should see.
 func BuildAuthorizations(in Inputs) (map[string]*security.Authorization, []authz.Warning) {
-	out := map[string]*security.Authorization{}
+	out, _ := peerAuthentication(in)
 	var warnings []authz.Warning
 	for _, p := range in.Policies {
 		a, w := authz.Translate(p, in.RootNamespace)

@@ -430,6 +430,34 @@ func TestAmbientMesh(t *testing.T) {
 		})
 	})
 
+	t.Run("PeerAuthentication: STRICT refuses plaintext, PERMISSIVE admits it", func(t *testing.T) {
+		echo2 := st.podIP(t, "demo", "echo-2")
+		file := filepath.Join(cfg, "peer-auth.yaml")
+		defer func() {
+			os.Remove(file)
+			waitFor(t, 20*time.Second, "plaintext admitted again", func() bool {
+				sum, err := sampleClient(t, stateDir, "legacy/outsider", "http://"+echo2+":8080/", 1)
+				return err == nil && sum.Codes["200"] == 1
+			})
+		}()
+		os.WriteFile(file, []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec: {mtls: {mode: STRICT}}\n"), 0o644)
+		waitFor(t, 20*time.Second, "STRICT refusing the non-mesh pod", func() bool {
+			sum, _ := sampleClient(t, stateDir, "legacy/outsider", "http://"+echo2+":8080/", 1)
+			return sum != nil && sum.Errors == 1
+		})
+		if sum, err := sampleClient(t, stateDir, "demo/client", "http://"+echo2+":8080/", 2); err != nil || sum.Codes["200"] != 2 {
+			t.Fatalf("mTLS client under STRICT: %+v %v", sum, err)
+		}
+		findLogFunc(t, stateDir, "node2", func(r map[string]any) bool {
+			return r["msg"] == "connection denied" && r["policy"] == "istio-system/istio_converted_static_strict"
+		})
+		os.WriteFile(file, []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: demo}\nspec: {mtls: {mode: PERMISSIVE}}\n"), 0o644)
+		waitFor(t, 20*time.Second, "PERMISSIVE admitting the non-mesh pod", func() bool {
+			sum, err := sampleClient(t, stateDir, "legacy/outsider", "http://"+echo2+":8080/", 1)
+			return err == nil && sum.Codes["200"] == 1
+		})
+	})
+
 	t.Run("unlabel and relabel the namespace: live, without restarting pods", func(t *testing.T) {
 		echo2NS := podNetns(t, stateDir, "demo", "echo-2")
 		pidBefore := podPID(t, stateDir, "demo", "echo-2")
