@@ -1,6 +1,7 @@
 package local
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +23,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/controlplane/filesource"
+	"github.com/ambit-mesh/ambit/nsnet"
 	"golang.org/x/sys/unix"
 )
 
@@ -432,4 +436,45 @@ func NSExec(netnsPath string, argv, env []string) error {
 	}
 	unix.Close(fd)
 	return fmt.Errorf("nsexec: exec %s: %w", path, syscall.Exec(path, argv, env))
+}
+
+// AdminGet fetches a path from a node's ztunnel admin endpoint
+// (127.0.0.1:15000 inside the node's namespace).
+func AdminGet(stateDir, node, path string) ([]byte, error) {
+	st, err := ReadState(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	var netns string
+	var names []string
+	for _, n := range st.Nodes {
+		names = append(names, n.Name)
+		if n.Name == node {
+			netns = n.Netns
+		}
+	}
+	if netns == "" {
+		return nil, fmt.Errorf("no node %q (nodes: %s)", node, strings.Join(names, ", "))
+	}
+	var body []byte
+	err = nsnet.Do(netns, func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:15000", 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("ztunnel admin on %s: %w", node, err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n", path)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return fmt.Errorf("ztunnel admin on %s: %w", node, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("ztunnel admin on %s: %s", node, resp.Status)
+		}
+		body, err = io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		return err
+	})
+	return body, err
 }

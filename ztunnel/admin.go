@@ -6,6 +6,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"istio.io/istio/pkg/workloadapi"
 )
 
@@ -14,6 +15,9 @@ type ConfigDump struct {
 	Workloads []WorkloadDump `json:"workloads"`
 	Services  []ServiceDump  `json:"services"`
 	Pods      []PodInfo      `json:"pods"` // pods this ztunnel proxies
+	// Policies are the istio.security.Authorization resources, in their
+	// protobuf JSON form.
+	Policies []json.RawMessage `json:"policies"`
 }
 
 // WorkloadDump is one workload as ztunnel sees it.
@@ -26,6 +30,7 @@ type WorkloadDump struct {
 	Identity       string   `json:"identity"`
 	TunnelProtocol string   `json:"protocol"`
 	Services       []string `json:"services,omitempty"`
+	Policies       []string `json:"policies,omitempty"` // selector policies that apply
 }
 
 // ServiceDump is one service as ztunnel sees it.
@@ -39,10 +44,15 @@ type ServiceDump struct {
 
 // Dump returns the current view.
 func (z *Ztunnel) Dump() ConfigDump {
-	d := ConfigDump{Workloads: []WorkloadDump{}, Services: []ServiceDump{}, Pods: z.Pods()}
+	d := ConfigDump{Workloads: []WorkloadDump{}, Services: []ServiceDump{}, Pods: z.Pods(), Policies: []json.RawMessage{}}
+	for _, p := range z.cfg.Index.Policies() {
+		if b, err := protojson.Marshal(p); err == nil {
+			d.Policies = append(d.Policies, b)
+		}
+	}
 	for _, w := range z.cfg.Index.Workloads() {
 		wd := WorkloadDump{UID: w.GetUid(), Name: w.GetName(), Namespace: w.GetNamespace(), Node: w.GetNode(),
-			Identity: Identity(w).String(), TunnelProtocol: w.GetTunnelProtocol().String()}
+			Identity: Identity(w).String(), TunnelProtocol: w.GetTunnelProtocol().String(), Policies: w.GetAuthorizationPolicies()}
 		for _, a := range w.GetAddresses() {
 			if ip, ok := netip.AddrFromSlice(a); ok {
 				wd.Addresses = append(wd.Addresses, ip.String())

@@ -32,11 +32,13 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newVersionCmd(),
-		newLocalCmd(),        // local.go: the local-mode runtime
-		newSampleCmd(),       // sample.go: sample workloads
-		newControlPlaneCmd(), // controlplane.go: control plane (CA, later xDS)
-		newHBONEBenchCmd(),   // hbonebench.go: HBONE micro-benchmark
-		newZtunnelCmd(),      // ztunnel.go: the node proxy
+		newLocalCmd(),         // local.go: the local-mode runtime
+		newSampleCmd(),        // sample.go: sample workloads
+		newControlPlaneCmd(),  // controlplane.go: control plane (CA, later xDS)
+		newHBONEBenchCmd(),    // hbonebench.go: HBONE micro-benchmark
+		newZtunnelCmd(),       // ztunnel.go: the node proxy
+		newZtunnelConfigCmd(), // inspect.go: what a ztunnel knows
+		newAuthzCmd(),         // inspect.go: explain authorization decisions
 	)
 	return root
 }
