@@ -396,6 +396,20 @@ func TestAmbientMesh(t *testing.T) {
 		if sum, _ := sampleClient(t, stateDir, "legacy/outsider", "http://"+echo2+":8080/", 1); sum == nil || sum.Errors != 1 {
 			t.Errorf("plaintext peer not refused under the allow policy: %+v", sum)
 		}
+		// ambit authz check agrees with what the data path just did.
+		for _, c := range []struct{ from, to, want string }{
+			{"demo/client", "demo/echo-2:8080", "ALLOW"},
+			{"legacy/outsider", "demo/echo-2:8080", "DENY"},
+			{"demo/client", "demo/banner:2525", "DENY"},
+		} {
+			out := mustAmbit(t, 20*time.Second, "authz", "check", "--state-dir", stateDir, "--from", c.from, "--to", c.to)
+			if !strings.HasPrefix(out, c.want+":") {
+				t.Errorf("authz check %s -> %s:\n%s\nwant %s", c.from, c.to, out, c.want)
+			}
+			if c.want == "ALLOW" && !strings.Contains(out, "decided by: demo/allow-client") {
+				t.Errorf("authz check does not name the deciding policy:\n%s", out)
+			}
+		}
 		if sum, _ := sampleClient(t, stateDir, "demo/client", "banner://"+st.podIP(t, "demo", "banner")+":2525", 1); sum == nil || sum.Errors != 1 {
 			t.Errorf("client on port 2525 not refused: %+v", sum)
 		}
@@ -428,6 +442,9 @@ func TestAmbientMesh(t *testing.T) {
 		findLogFunc(t, stateDir, "node2", func(r map[string]any) bool {
 			return r["msg"] == "connection closed by policy" && r["policy"] == "demo/deny-client"
 		})
+		if out := mustAmbit(t, 20*time.Second, "authz", "check", "--state-dir", stateDir, "--from", "demo/client", "--to", "demo/echo-2:8080"); !strings.HasPrefix(out, "DENY:") || !strings.Contains(out, "explicitly denied by: demo/deny-client") {
+			t.Errorf("authz check after the DENY:\n%s", out)
+		}
 	})
 
 	t.Run("PeerAuthentication: STRICT refuses plaintext, PERMISSIVE admits it", func(t *testing.T) {
