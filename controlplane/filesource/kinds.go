@@ -1,13 +1,15 @@
 package filesource
 
 import (
-	"sort"
+	"reflect"
+	"slices"
 	"strings"
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
@@ -32,19 +34,30 @@ func (k Key) String() string {
 	return k.Kind + " " + k.Namespace + "/" + k.Name
 }
 
-func (k Key) less(o Key) bool {
-	if k.Kind != o.Kind {
-		return k.Kind < o.Kind
+func (k Key) compare(o Key) int {
+	if c := strings.Compare(k.Kind, o.Kind); c != 0 {
+		return c
 	}
-	if k.Namespace != o.Namespace {
-		return k.Namespace < o.Namespace
+	if c := strings.Compare(k.Namespace, o.Namespace); c != 0 {
+		return c
 	}
-	return k.Name < o.Name
+	return strings.Compare(k.Name, o.Name)
 }
 
-// KeyOf returns the key of a loaded object.
+// KeyOf returns the key of an object. Loaded objects carry their kind; for
+// others (built in code, without TypeMeta) it is taken from the Go type.
 func KeyOf(o Object) Key {
-	return Key{Kind: o.GetObjectKind().GroupVersionKind().Kind, Namespace: o.GetNamespace(), Name: o.GetName()}
+	kind := o.GetObjectKind().GroupVersionKind().Kind
+	if kind == "" {
+		t := reflect.TypeOf(o)
+		for _, k := range kinds() {
+			if reflect.TypeOf(k.newObject()) == t {
+				kind = k.kind
+				break
+			}
+		}
+	}
+	return Key{Kind: kind, Namespace: o.GetNamespace(), Name: o.GetName()}
 }
 
 // LocalCluster (apiVersion ambit.dev/v1alpha1) configures the local-mode
@@ -71,14 +84,15 @@ func (c *LocalCluster) DeepCopyObject() runtime.Object {
 // kindInfo describes one supported kind.
 type kindInfo struct {
 	kind        string
-	apiVersions []string // accepted apiVersions; the first is canonical
+	apiVersions []string // accepted apiVersions; the first is canonical and the one objects carry
 	namespaced  bool
 	newObject   func() Object
 	validate    func(v *validator, o Object)
 }
 
 // kinds lists every supported kind. It is built per call so that nothing at
-// package level is mutable.
+// package level is mutable. security.istio.io/v1beta1 objects decode into the
+// v1 Go types: upstream both versions share one spec and status type.
 func kinds() []kindInfo {
 	return []kindInfo{
 		{"Namespace", []string{"v1"}, false, func() Object { return &corev1.Namespace{} }, validateNamespace},
@@ -94,25 +108,24 @@ func kinds() []kindInfo {
 	}
 }
 
-func lookupKind(apiVersion, kind string) (kindInfo, bool) {
-	for _, k := range kinds() {
-		if k.kind != kind {
-			continue
-		}
-		for _, v := range k.apiVersions {
-			if v == apiVersion {
-				return k, true
-			}
+// gvk is the canonical group, version and kind of the kind.
+func (k kindInfo) gvk() schema.GroupVersionKind {
+	return schema.FromAPIVersionAndKind(k.apiVersions[0], k.kind)
+}
+
+func (d *decoder) lookupKind(apiVersion, kind string) (kindInfo, bool) {
+	for _, k := range d.kinds {
+		if k.kind == kind && slices.Contains(k.apiVersions, apiVersion) {
+			return k, true
 		}
 	}
 	return kindInfo{}, false
 }
 
-func supportedKinds() string {
-	var s []string
-	for _, k := range kinds() {
+func (d *decoder) supportedKinds() string {
+	s := make([]string, 0, len(d.kinds))
+	for _, k := range d.kinds {
 		s = append(s, k.kind+" ("+strings.Join(k.apiVersions, ", ")+")")
 	}
-	sort.Strings(s)
-	return strings.Join(s, "; ")
+	return strings.Join(s, ", ")
 }

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -49,17 +52,23 @@ type Source struct {
 
 	// Debounce is how long Run waits after a file system event before
 	// reloading, so that an editor's burst of writes becomes one reload.
+	// Set it before calling Run.
 	Debounce time.Duration
 	// Rescan is the period of a full reload that catches what file system
-	// events missed (e.g. on network file systems).
+	// events missed (e.g. on network file systems). Set it before Run.
 	Rescan time.Duration
 
-	mu    sync.Mutex
-	files map[string]*fileState
-	snap  *Snapshot
+	running atomic.Bool
+	dec     *decoder // used only by the goroutine in Run
+
+	mu     sync.Mutex
+	files  map[string]*fileState
+	dirErr error // the directory itself could not be read
+	snap   *Snapshot
 }
 
-// New returns a Source for dir. Nothing is read until Run.
+// New returns a Source for dir. Nothing is read until Run. A nil logger
+// discards log output.
 func New(dir string, logger *slog.Logger) *Source {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -67,94 +76,151 @@ func New(dir string, logger *slog.Logger) *Source {
 	return &Source{
 		dir: dir, logger: logger.With("source", dir),
 		Debounce: 100 * time.Millisecond, Rescan: 10 * time.Second,
-		snap: &Snapshot{objects: map[Key]decoded{}},
+		dec:  newDecoder(),
+		snap: newSnapshot(nil),
 	}
 }
 
-// Snapshot returns the current objects. It is safe for concurrent use.
+// Snapshot returns the current objects. It is safe for concurrent use; the
+// Snapshot and its objects must not be modified.
 func (s *Source) Snapshot() *Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.snap
 }
 
-// Errors returns the current problems, one per failing file.
+// Errors returns the current problems: one error per failing file (joining
+// that file's *Error values, see the Errors function), sorted by file name,
+// and first the directory's own problem if it cannot be read. It is empty
+// when every file loaded. It is safe for concurrent use.
 func (s *Source) Errors() []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return errorsOf(s.files)
+	errs := errorsOf(s.files)
+	if s.dirErr != nil {
+		errs = append([]error{s.dirErr}, errs...)
+	}
+	return errs
 }
 
 // Run loads the directory, sends Added for every object, then watches the
 // directory and sends Added, Updated and Deleted as files change, until ctx
-// is done. It fails only when the directory cannot be read or watched at
-// all; problems in files are logged and reported by Errors.
+// is done; then it returns nil. It fails only when the directory cannot be
+// read or watched at the start; problems in files are logged and reported
+// by Errors. Run may be called only once at a time.
 func (s *Source) Run(ctx context.Context, out chan<- Event) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("filesource: Run is already running")
+	}
+	defer s.running.Store(false)
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return fmt.Errorf("watching %s: %w", s.dir, err)
+		return fmt.Errorf("watching config directory %s: %w", s.dir, err)
 	}
 	defer w.Close()
 	if err := w.Add(s.dir); err != nil {
-		return fmt.Errorf("watching %s: %w", s.dir, err)
+		return fmt.Errorf("watching config directory %s: %w", s.dir, err)
 	}
-	if err := s.reload(ctx, out); err != nil {
+	if err := s.reload(ctx, out, true); err != nil {
 		return err
 	}
-	rescan := time.NewTicker(s.Rescan)
-	defer rescan.Stop()
-	var debounce <-chan time.Time
+	debounce, rescan := s.Debounce, s.Rescan
+	if debounce <= 0 {
+		debounce = time.Millisecond
+	}
+	if rescan <= 0 {
+		rescan = 10 * time.Second
+	}
+	ticker := time.NewTicker(rescan)
+	defer ticker.Stop()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var pendingSince time.Time // zero when no reload is pending
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case ev, ok := <-w.Events:
 			if !ok {
-				return errors.New("file watcher closed")
+				return fmt.Errorf("watching config directory %s: watcher closed", s.dir)
 			}
 			s.logger.Debug("file event", "event", ev.String())
-			debounce = time.After(s.Debounce)
+			// Wait for quiet, but never postpone a reload by more than ten
+			// debounce periods under a steady stream of events.
+			now := time.Now()
+			if pendingSince.IsZero() {
+				pendingSince = now
+			}
+			if now.Sub(pendingSince) < 10*debounce {
+				timer.Reset(debounce)
+			}
 		case err, ok := <-w.Errors:
 			if !ok {
-				return errors.New("file watcher closed")
+				return fmt.Errorf("watching config directory %s: watcher closed", s.dir)
 			}
 			s.logger.Warn("file watcher error; rescanning", "err", err)
-			debounce = time.After(s.Debounce)
-		case <-debounce:
-			debounce = nil
-			if err := s.reload(ctx, out); err != nil {
-				s.logger.Error("reloading config directory", "err", err)
+			if pendingSince.IsZero() {
+				pendingSince = time.Now()
 			}
-		case <-rescan.C:
-			if err := s.reload(ctx, out); err != nil {
-				s.logger.Error("reloading config directory", "err", err)
+			timer.Reset(debounce)
+		case <-timer.C:
+			pendingSince = time.Time{}
+			s.reloadLogged(ctx, out)
+		case <-ticker.C:
+			if len(w.WatchList()) == 0 {
+				// The directory was removed (and maybe re-created): watch again.
+				if err := w.Add(s.dir); err == nil {
+					s.logger.Info("watching config directory again")
+				}
 			}
+			s.reloadLogged(ctx, out)
 		}
 	}
 }
 
-// reload re-reads the directory and sends the differences.
-func (s *Source) reload(ctx context.Context, out chan<- Event) error {
+func (s *Source) reloadLogged(ctx context.Context, out chan<- Event) {
+	if err := s.reload(ctx, out, false); err != nil {
+		s.mu.Lock()
+		repeated := s.dirErr != nil && s.dirErr.Error() == err.Error()
+		s.dirErr = err
+		s.mu.Unlock()
+		if !repeated {
+			s.logger.Error("cannot reload config directory; keeping the loaded objects", "err", err)
+		}
+	}
+}
+
+// reload re-reads the directory and sends the differences; the initial
+// reload of a Run sends every object as Added and logs every problem.
+func (s *Source) reload(ctx context.Context, out chan<- Event, initial bool) error {
 	s.mu.Lock()
 	prevFiles, prevSnap := s.files, s.snap
 	s.mu.Unlock()
+	if initial {
+		prevSnap = newSnapshot(nil)
+	}
 
-	files, err := load(s.dir, prevFiles)
+	files, snap, err := load(s.dir, prevFiles, s.dec)
 	if err != nil {
 		return err
 	}
-	snap := snapshotOf(files)
-	for f, st := range files {
-		if st.err == nil {
-			continue
+	for _, f := range slices.Sorted(maps.Keys(files)) {
+		st, p := files[f], prevFiles[f]
+		switch {
+		case st.err == nil && p != nil && p.err != nil:
+			s.logger.Info("config file fixed", "file", f)
+		case st.err == nil:
+		case !initial && p != nil && p.err != nil && p.err.Error() == st.err.Error():
+			// already reported
+		default:
+			s.logger.Error("config file rejected; keeping its previous objects", "file", f, "err", st.err)
 		}
-		if p, ok := prevFiles[f]; ok && p.err != nil && p.err.Error() == st.err.Error() {
-			continue // already reported
-		}
-		s.logger.Error("config file rejected; keeping its previous objects", "file", f, "err", st.err)
 	}
 	s.mu.Lock()
-	s.files, s.snap = files, snap
+	if s.dirErr != nil {
+		s.logger.Info("config directory readable again")
+	}
+	s.files, s.snap, s.dirErr = files, snap, nil
 	s.mu.Unlock()
 
 	for _, ev := range diff(prevSnap, snap) {
@@ -167,20 +233,21 @@ func (s *Source) reload(ctx context.Context, out chan<- Event) error {
 	return nil
 }
 
-// diff lists the events that turn a into b, in key order.
+// diff lists the events that turn a into b, in key order. An object that
+// moved to another file is Updated even when it is otherwise the same.
 func diff(a, b *Snapshot) []Event {
 	var evs []Event
-	for _, k := range b.sortedKeys() {
-		nb := b.objects[k].obj
+	for _, k := range b.keys {
+		nb := b.objects[k]
 		na, ok := a.objects[k]
 		switch {
 		case !ok:
-			evs = append(evs, Event{Type: Added, Key: k, Object: nb})
-		case !sameObject(na.obj, nb):
-			evs = append(evs, Event{Type: Updated, Key: k, Object: nb})
+			evs = append(evs, Event{Type: Added, Key: k, Object: nb.obj})
+		case na.file != nb.file || !sameObject(na.obj, nb.obj):
+			evs = append(evs, Event{Type: Updated, Key: k, Object: nb.obj})
 		}
 	}
-	for _, k := range a.sortedKeys() {
+	for _, k := range a.keys {
 		if _, ok := b.objects[k]; !ok {
 			evs = append(evs, Event{Type: Deleted, Key: k, Object: a.objects[k].obj})
 		}
@@ -189,8 +256,12 @@ func diff(a, b *Snapshot) []Event {
 }
 
 // sameObject compares two objects by their JSON form, which is what a user
-// wrote; reflect.DeepEqual would see protobuf internals differ.
+// wrote; reflect.DeepEqual would see protobuf internals differ. Objects of a
+// file whose bytes did not change are the same pointers.
 func sameObject(a, b Object) bool {
+	if a == b {
+		return true
+	}
 	ja, errA := json.Marshal(a)
 	jb, errB := json.Marshal(b)
 	return errA == nil && errB == nil && bytes.Equal(ja, jb)

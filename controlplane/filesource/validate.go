@@ -2,7 +2,9 @@ package filesource
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -40,7 +42,8 @@ func (v *validator) port(path string, p int32) {
 }
 
 func (v *validator) labels(path string, labels map[string]string) {
-	for k, val := range labels {
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		val := labels[k]
 		p := path + "[" + k + "]"
 		if msgs := content.IsLabelKey(k); len(msgs) > 0 {
 			v.fail(p, "invalid label key %q: %s", k, strings.Join(msgs, "; "))
@@ -51,12 +54,14 @@ func (v *validator) labels(path string, labels map[string]string) {
 	}
 }
 
-func validateMeta(v *validator, o Object, namespaced bool) {
+// validateMeta checks what every kind shares: name, namespace, labels and
+// annotation keys.
+func validateMeta(v *validator, o Object, info kindInfo) {
 	name := o.GetName()
 	switch {
 	case name == "":
 		v.fail("metadata.name", "is required")
-	case o.GetObjectKind().GroupVersionKind().Kind == "Namespace" || o.GetObjectKind().GroupVersionKind().Kind == "Service":
+	case info.kind == "Namespace" || info.kind == "Service":
 		if msgs := validation.IsDNS1123Label(name); len(msgs) > 0 {
 			v.fail("metadata.name", "invalid name %q: %s", name, strings.Join(msgs, "; "))
 		}
@@ -65,13 +70,13 @@ func validateMeta(v *validator, o Object, namespaced bool) {
 			v.fail("metadata.name", "invalid name %q: %s", name, strings.Join(msgs, "; "))
 		}
 	}
-	if namespaced {
+	if info.namespaced {
 		if msgs := validation.IsDNS1123Label(o.GetNamespace()); len(msgs) > 0 {
 			v.fail("metadata.namespace", "invalid namespace %q: %s", o.GetNamespace(), strings.Join(msgs, "; "))
 		}
 	}
 	v.labels("metadata.labels", o.GetLabels())
-	for k := range o.GetAnnotations() {
+	for _, k := range slices.Sorted(maps.Keys(o.GetAnnotations())) {
 		if msgs := content.IsLabelKey(k); len(msgs) > 0 {
 			v.fail("metadata.annotations["+k+"]", "invalid annotation key %q: %s", k, strings.Join(msgs, "; "))
 		}
@@ -87,59 +92,84 @@ func supportedFieldRefs() []string {
 	return []string{"metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName", "status.podIP"}
 }
 
+func (v *validator) protocol(path string, p corev1.Protocol) {
+	switch p {
+	case "", corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP:
+	default:
+		v.fail(path, "must be TCP, UDP or SCTP, got %q", p)
+	}
+}
+
+func (v *validator) ip(path, ip string) {
+	if _, err := netip.ParseAddr(ip); err != nil || strings.Contains(ip, "%") {
+		v.fail(path, "invalid IP address %q", ip)
+	}
+}
+
+func (v *validator) container(path string, c *corev1.Container, names map[string]bool) {
+	switch {
+	case c.Name == "":
+		v.fail(path+".name", "is required")
+	case names[c.Name]:
+		v.fail(path+".name", "duplicate container name %q", c.Name)
+	default:
+		v.check(path+".name", validation.IsDNS1123Label(c.Name))
+	}
+	names[c.Name] = true
+	portNames := map[string]bool{}
+	for j, cp := range c.Ports {
+		pp := fmt.Sprintf("%s.ports[%d]", path, j)
+		v.port(pp+".containerPort", cp.ContainerPort)
+		if cp.HostPort != 0 {
+			v.port(pp+".hostPort", cp.HostPort)
+		}
+		v.protocol(pp+".protocol", cp.Protocol)
+		if cp.HostIP != "" {
+			v.ip(pp+".hostIP", cp.HostIP)
+		}
+		if cp.Name != "" {
+			if portNames[cp.Name] {
+				v.fail(pp+".name", "duplicate port name %q", cp.Name)
+			}
+			portNames[cp.Name] = true
+			v.check(pp+".name", validation.IsValidPortName(cp.Name))
+		}
+	}
+	for j, e := range c.Env {
+		ep := fmt.Sprintf("%s.env[%d]", path, j)
+		if e.Name == "" {
+			v.fail(ep+".name", "is required")
+		} else {
+			v.check(ep+".name", validation.IsEnvVarName(e.Name))
+		}
+		if e.ValueFrom == nil {
+			continue
+		}
+		if e.Value != "" {
+			v.fail(ep+".valueFrom", "may not be set together with value")
+		}
+		if e.ValueFrom.FieldRef == nil {
+			v.fail(ep+".valueFrom", "only fieldRef is supported")
+			continue
+		}
+		if fp := e.ValueFrom.FieldRef.FieldPath; !slices.Contains(supportedFieldRefs(), fp) {
+			v.fail(ep+".valueFrom.fieldRef.fieldPath", "unsupported field %q; supported: %s", fp, strings.Join(supportedFieldRefs(), ", "))
+		}
+	}
+}
+
 func validatePod(v *validator, o Object) {
 	pod := o.(*corev1.Pod)
-	spec := pod.Spec
+	spec := &pod.Spec
 	if len(spec.Containers) == 0 {
 		v.fail("spec.containers", "at least one container is required")
 	}
 	names := map[string]bool{}
-	for i, c := range spec.Containers {
-		p := fmt.Sprintf("spec.containers[%d]", i)
-		switch {
-		case c.Name == "":
-			v.fail(p+".name", "is required")
-		case names[c.Name]:
-			v.fail(p+".name", "duplicate container name %q", c.Name)
-		default:
-			v.check(p+".name", validation.IsDNS1123Label(c.Name))
-		}
-		names[c.Name] = true
-		for j, cp := range c.Ports {
-			pp := fmt.Sprintf("%s.ports[%d]", p, j)
-			v.port(pp+".containerPort", cp.ContainerPort)
-			if cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP && cp.Protocol != corev1.ProtocolUDP && cp.Protocol != corev1.ProtocolSCTP {
-				v.fail(pp+".protocol", "must be TCP, UDP or SCTP, got %q", cp.Protocol)
-			}
-			if cp.Name != "" {
-				v.check(pp+".name", validation.IsValidPortName(cp.Name))
-			}
-		}
-		for j, e := range c.Env {
-			ep := fmt.Sprintf("%s.env[%d]", p, j)
-			if e.Name == "" {
-				v.fail(ep+".name", "is required")
-			} else {
-				v.check(ep+".name", validation.IsEnvVarName(e.Name))
-			}
-			if e.ValueFrom == nil {
-				continue
-			}
-			if e.Value != "" {
-				v.fail(ep+".valueFrom", "may not be set together with value")
-			}
-			if e.ValueFrom.FieldRef == nil {
-				v.fail(ep+".valueFrom", "only fieldRef is supported")
-				continue
-			}
-			ok := false
-			for _, f := range supportedFieldRefs() {
-				ok = ok || e.ValueFrom.FieldRef.FieldPath == f
-			}
-			if !ok {
-				v.fail(ep+".valueFrom.fieldRef.fieldPath", "unsupported field %q; supported: %s", e.ValueFrom.FieldRef.FieldPath, strings.Join(supportedFieldRefs(), ", "))
-			}
-		}
+	for i := range spec.InitContainers {
+		v.container(fmt.Sprintf("spec.initContainers[%d]", i), &spec.InitContainers[i], names)
+	}
+	for i := range spec.Containers {
+		v.container(fmt.Sprintf("spec.containers[%d]", i), &spec.Containers[i], names)
 	}
 	switch spec.RestartPolicy {
 	case "", corev1.RestartPolicyAlways, corev1.RestartPolicyOnFailure, corev1.RestartPolicyNever:
@@ -152,21 +182,38 @@ func validatePod(v *validator, o Object) {
 	if spec.ServiceAccountName != "" {
 		v.check("spec.serviceAccountName", validation.IsDNS1123Subdomain(spec.ServiceAccountName))
 	}
-	for i, ip := range pod.Status.PodIPs {
-		if _, err := netip.ParseAddr(ip.IP); err != nil {
-			v.fail(fmt.Sprintf("status.podIPs[%d].ip", i), "invalid IP address %q", ip.IP)
+	if spec.DeprecatedServiceAccount != "" && spec.ServiceAccountName != "" && spec.DeprecatedServiceAccount != spec.ServiceAccountName {
+		v.fail("spec.serviceAccount", "must equal serviceAccountName when both are set")
+	}
+	for i, h := range spec.HostAliases {
+		v.ip(fmt.Sprintf("spec.hostAliases[%d].ip", i), h.IP)
+	}
+	if spec.DNSConfig != nil {
+		for i, ns := range spec.DNSConfig.Nameservers {
+			v.ip(fmt.Sprintf("spec.dnsConfig.nameservers[%d]", i), ns)
 		}
 	}
-	if pod.Status.PodIP != "" {
-		if _, err := netip.ParseAddr(pod.Status.PodIP); err != nil {
-			v.fail("status.podIP", "invalid IP address %q", pod.Status.PodIP)
-		}
+	st := &pod.Status
+	if st.PodIP != "" {
+		v.ip("status.podIP", st.PodIP)
+	}
+	for i, ip := range st.PodIPs {
+		v.ip(fmt.Sprintf("status.podIPs[%d].ip", i), ip.IP)
+	}
+	if st.PodIP != "" && len(st.PodIPs) > 0 && st.PodIPs[0].IP != st.PodIP {
+		v.fail("status.podIPs[0].ip", "must equal status.podIP, got %q and %q", st.PodIPs[0].IP, st.PodIP)
+	}
+	if st.HostIP != "" {
+		v.ip("status.hostIP", st.HostIP)
+	}
+	for i, ip := range st.HostIPs {
+		v.ip(fmt.Sprintf("status.hostIPs[%d].ip", i), ip.IP)
 	}
 }
 
 func validateService(v *validator, o Object) {
 	svc := o.(*corev1.Service)
-	spec := svc.Spec
+	spec := &svc.Spec
 	switch spec.Type {
 	case "", corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer:
 	case corev1.ServiceTypeExternalName:
@@ -176,24 +223,31 @@ func validateService(v *validator, o Object) {
 	default:
 		v.fail("spec.type", "must be ClusterIP, NodePort, LoadBalancer or ExternalName, got %q", spec.Type)
 	}
+	if spec.ExternalName != "" {
+		v.check("spec.externalName", validation.IsDNS1123Subdomain(strings.TrimSuffix(spec.ExternalName, ".")))
+	}
 	if spec.Type != corev1.ServiceTypeExternalName && len(spec.Ports) == 0 && spec.ClusterIP != corev1.ClusterIPNone {
 		v.fail("spec.ports", "at least one port is required")
 	}
-	ips := append([]string{}, spec.ClusterIPs...)
-	if spec.ClusterIP != "" {
-		ips = append([]string{spec.ClusterIP}, ips...)
-	}
-	for i, ip := range ips {
-		path := "spec.clusterIP"
-		if spec.ClusterIP == "" || i > 0 {
-			path = fmt.Sprintf("spec.clusterIPs[%d]", i)
-		}
+	clusterIP := func(path, ip string) {
 		if ip == corev1.ClusterIPNone {
-			continue
+			return
 		}
-		if _, err := netip.ParseAddr(ip); err != nil {
+		if _, err := netip.ParseAddr(ip); err != nil || strings.Contains(ip, "%") {
 			v.fail(path, "must be a valid IP address or None, got %q", ip)
 		}
+	}
+	if spec.ClusterIP != "" {
+		clusterIP("spec.clusterIP", spec.ClusterIP)
+	}
+	for i, ip := range spec.ClusterIPs {
+		clusterIP(fmt.Sprintf("spec.clusterIPs[%d]", i), ip)
+	}
+	if spec.ClusterIP != "" && len(spec.ClusterIPs) > 0 && spec.ClusterIPs[0] != spec.ClusterIP {
+		v.fail("spec.clusterIPs[0]", "must equal spec.clusterIP %q, got %q", spec.ClusterIP, spec.ClusterIPs[0])
+	}
+	for i, ip := range spec.ExternalIPs {
+		v.ip(fmt.Sprintf("spec.externalIPs[%d]", i), ip)
 	}
 	names := map[string]bool{}
 	for i, sp := range spec.Ports {
@@ -208,8 +262,9 @@ func validateService(v *validator, o Object) {
 			v.check(p+".name", validation.IsDNS1123Label(sp.Name))
 		}
 		names[sp.Name] = true
-		if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP && sp.Protocol != corev1.ProtocolUDP && sp.Protocol != corev1.ProtocolSCTP {
-			v.fail(p+".protocol", "must be TCP, UDP or SCTP, got %q", sp.Protocol)
+		v.protocol(p+".protocol", sp.Protocol)
+		if sp.NodePort != 0 {
+			v.port(p+".nodePort", sp.NodePort)
 		}
 		switch sp.TargetPort.Type {
 		case intstr.Int:
@@ -217,7 +272,9 @@ func validateService(v *validator, o Object) {
 				v.port(p+".targetPort", sp.TargetPort.IntVal)
 			}
 		case intstr.String:
-			v.check(p+".targetPort", validation.IsValidPortName(sp.TargetPort.StrVal))
+			if msgs := validation.IsValidPortName(sp.TargetPort.StrVal); len(msgs) > 0 {
+				v.fail(p+".targetPort", "must be a port number or an IANA port name, got %q: %s", sp.TargetPort.StrVal, strings.Join(msgs, "; "))
+			}
 		}
 	}
 	v.labels("spec.selector", spec.Selector)
@@ -255,7 +312,7 @@ func (v *validator) ports(path string, ports []string) {
 	for i, s := range ports {
 		p := fmt.Sprintf("%s[%d]", path, i)
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 65535 {
+		if err != nil || n < 1 || n > 65535 || strings.TrimLeft(s, "0123456789") != "" {
 			v.fail(p, "must be a port number between 1 and 65535, got %q", s)
 		}
 	}
