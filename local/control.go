@@ -369,7 +369,16 @@ func PrintStatus(out io.Writer, st *State, asJSON bool) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Namespace, s.Name, s.ClusterIP, strings.Join(ports, ","))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(st.PolicyWarnings) > 0 {
+		fmt.Fprintln(out, "\nPOLICY WARNINGS")
+		for _, w := range st.PolicyWarnings {
+			fmt.Fprintln(out, "  "+w)
+		}
+	}
+	return nil
 }
 
 func dash(s string) string {

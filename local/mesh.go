@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -273,8 +275,23 @@ func (s *Supervisor) pushModel() {
 	if err := s.mesh.xds.UpdateAuthorizations(authzs); err != nil {
 		s.Logger.Error("pushing policies", "err", err)
 	}
+	var texts []string
 	for _, w := range warnings {
 		s.mesh.warnOnce(s.Logger, w.String())
+		texts = append(texts, w.String())
+	}
+	sort.Strings(texts)
+	s.mu.Lock()
+	changed := strings.Join(texts, "\n") != strings.Join(s.state.PolicyWarnings, "\n")
+	s.mu.Unlock()
+	if changed {
+		// Written without marking the model dirty again.
+		s.mu.Lock()
+		s.state.PolicyWarnings = texts
+		if err := writeState(s.StateDir, &s.state); err != nil {
+			s.Logger.Error("writing state", "err", err)
+		}
+		s.mu.Unlock()
 	}
 	if err := s.mesh.xds.Update(model.Build(in)); err != nil {
 		s.Logger.Error("pushing the model", "err", err)

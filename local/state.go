@@ -28,6 +28,9 @@ type State struct {
 	ConfigDir string `json:"configDir"`
 	// BinDir holds the ambit binary and the CNI plugins.
 	BinDir string `json:"binDir"`
+	// PolicyWarnings say how policies were accepted with changes or not
+	// sent to ztunnel (e.g. HTTP rules without a waypoint).
+	PolicyWarnings []string `json:"policyWarnings,omitempty"`
 }
 
 // NodeStatus describes one node.
