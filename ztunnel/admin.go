@@ -1,13 +1,18 @@
 package ztunnel
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/identity/caclient"
 )
 
 // ConfigDump is what the admin endpoint's /config_dump returns.
@@ -18,6 +23,17 @@ type ConfigDump struct {
 	// Policies are the istio.security.Authorization resources, in their
 	// protobuf JSON form.
 	Policies []json.RawMessage `json:"policies"`
+	// Certificates are the workload certificates of the pods served.
+	Certificates []CertDump `json:"certificates"`
+}
+
+// CertDump describes one workload certificate.
+type CertDump struct {
+	Identity  string    `json:"identity"`
+	Serial    string    `json:"serial,omitempty"`
+	NotBefore time.Time `json:"notBefore,omitempty"`
+	NotAfter  time.Time `json:"notAfter,omitempty"`
+	State     string    `json:"state"` // Available, or the error
 }
 
 // WorkloadDump is one workload as ztunnel sees it.
@@ -49,6 +65,29 @@ func (z *Ztunnel) Dump() ConfigDump {
 		if b, err := protojson.Marshal(p); err == nil {
 			d.Policies = append(d.Policies, b)
 		}
+	}
+	seen := map[string]bool{}
+	d.Certificates = []CertDump{}
+	for _, p := range d.Pods {
+		if seen[p.Identity] {
+			continue
+		}
+		seen[p.Identity] = true
+		cd := CertDump{Identity: p.Identity, State: "Available"}
+		id, err := identity.ParseSPIFFE(p.Identity)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			var c *caclient.Cert
+			c, err = z.cfg.Certs.Get(ctx, id)
+			cancel()
+			if err == nil {
+				cd.Serial, cd.NotBefore, cd.NotAfter = c.Leaf.SerialNumber.Text(16), c.Leaf.NotBefore, c.Leaf.NotAfter
+			}
+		}
+		if err != nil {
+			cd.State = err.Error()
+		}
+		d.Certificates = append(d.Certificates, cd)
 	}
 	for _, w := range z.cfg.Index.Workloads() {
 		wd := WorkloadDump{UID: w.GetUid(), Name: w.GetName(), Namespace: w.GetNamespace(), Node: w.GetNode(),

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -59,10 +60,10 @@ func printAs(out io.Writer, format string, v any, table func(*tabwriter.Writer))
 func newZtunnelConfigCmd() *cobra.Command {
 	var stateDir, node, output string
 	cmd := &cobra.Command{
-		Use:       "ztunnel-config workloads|services|policies|pods",
+		Use:       "ztunnel-config workloads|services|policies|certificates|pods",
 		Short:     "Show what a node's ztunnel knows (local mode), like istioctl ztunnel-config",
 		Args:      cobra.ExactArgs(1),
-		ValidArgs: []string{"workloads", "services", "policies", "pods"},
+		ValidArgs: []string{"workloads", "services", "policies", "certificates", "pods"},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := configDump(stateDir, node)
 			if err != nil {
@@ -84,6 +85,13 @@ func newZtunnelConfigCmd() *cobra.Command {
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Namespace, s.Name, strings.Join(s.VIPs, ","), strings.Join(s.Ports, " "))
 					}
 				})
+			case "certificates":
+				return printAs(out, output, d.Certificates, func(tw *tabwriter.Writer) {
+					fmt.Fprintln(tw, "CERTIFICATE NAME\tSTATE\tSERIAL NUMBER\tNOT AFTER\tNOT BEFORE")
+					for _, c := range d.Certificates {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Identity, c.State, c.Serial, c.NotAfter.Format(time.RFC3339), c.NotBefore.Format(time.RFC3339))
+					}
+				})
 			case "pods":
 				return printAs(out, output, d.Pods, func(tw *tabwriter.Writer) {
 					fmt.Fprintln(tw, "NAMESPACE\tPOD\tIDENTITY")
@@ -103,7 +111,7 @@ func newZtunnelConfigCmd() *cobra.Command {
 					}
 				})
 			}
-			return fmt.Errorf("unknown view %q: want workloads, services, policies or pods", args[0])
+			return fmt.Errorf("unknown view %q: want workloads, services, policies, certificates or pods", args[0])
 		},
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", local.DefaultStateDir, "the local mesh's state directory")

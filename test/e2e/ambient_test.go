@@ -148,6 +148,11 @@ func TestAmbientMesh(t *testing.T) {
 		findLog(t, stateDir, "node1", map[string]string{"direction": "outbound", "route": "hbone", "src.identity": clientID, "dst.identity": echoID})
 		findLog(t, stateDir, "node2", map[string]string{"direction": "inbound", "src.identity": clientID, "dst.identity": echoID, "dst.workload": "echo-2"})
 		findLog(t, stateDir, "node1", map[string]string{"direction": "outbound", "dst.service": "echo.demo.svc.cluster.local", "src.identity": clientID})
+		if out := mustAmbit(t, 20*time.Second, "ztunnel-config", "certificates", "--state-dir", stateDir, "--node", "node1"); !strings.Contains(out, clientID+"  Available") && !strings.Contains(out, clientID) {
+			t.Errorf("ztunnel-config certificates:\n%s", out)
+		} else if !strings.Contains(out, "Available") {
+			t.Errorf("certificates not available:\n%s", out)
+		}
 		out, err := exec.Command("ip", "netns", "exec", "ambit-node1", "curl", "-sS", "-m", "5", "http://127.0.0.1:15020/metrics").CombinedOutput()
 		if err != nil {
 			t.Fatalf("metrics: %v %s", err, out)
@@ -401,6 +406,7 @@ func TestAmbientMesh(t *testing.T) {
 			{"demo/client", "demo/echo-2:8080", "ALLOW"},
 			{"legacy/outsider", "demo/echo-2:8080", "DENY"},
 			{"demo/client", "demo/banner:2525", "DENY"},
+			{"demo/banner", "demo/echo-2:8080", "DENY"},
 		} {
 			out := mustAmbit(t, 20*time.Second, "authz", "check", "--state-dir", stateDir, "--from", c.from, "--to", c.to)
 			if !strings.HasPrefix(out, c.want+":") {
@@ -412,6 +418,28 @@ func TestAmbientMesh(t *testing.T) {
 		}
 		if sum, _ := sampleClient(t, stateDir, "demo/client", "banner://"+st.podIP(t, "demo", "banner")+":2525", 1); sum == nil || sum.Errors != 1 {
 			t.Errorf("client on port 2525 not refused: %+v", sum)
+		}
+		// Another service account (the banner pod runs as demo/default).
+		if sum, _ := sampleClient(t, stateDir, "demo/banner", "http://"+echo2+":8080/", 1); sum == nil || sum.Errors != 1 {
+			t.Errorf("sa/default not refused: %+v", sum)
+		}
+		metrics, err := exec.Command("ip", "netns", "exec", "ambit-node2", "curl", "-sS", "-m", "5", "http://127.0.0.1:15020/metrics").CombinedOutput()
+		if err != nil {
+			t.Fatalf("metrics: %v", err)
+		}
+		var deniedLine, allowedLine bool
+		for _, l := range strings.Split(string(metrics), "\n") {
+			if strings.HasPrefix(l, "istio_tcp_connections_failed_total{") && strings.Contains(l, `response_flags="DENY"`) &&
+				strings.Contains(l, `source_principal="spiffe://cluster.local/ns/demo/sa/default"`) && strings.Contains(l, `destination_workload="echo-2"`) {
+				deniedLine = true
+			}
+			if strings.HasPrefix(l, "istio_tcp_connections_opened_total{") && strings.Contains(l, `reporter="destination"`) &&
+				strings.Contains(l, `source_principal="`+clientID+`"`) && strings.Contains(l, `connection_security_policy="mutual_tls"`) {
+				allowedLine = true
+			}
+		}
+		if !deniedLine || !allowedLine {
+			t.Errorf("metrics lack the denied (%v) or allowed (%v) connection:\n%s", deniedLine, allowedLine, metrics)
 		}
 		// A long-lived connection, then a DENY for its client: closed within 2 s.
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
