@@ -474,6 +474,12 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 		up, err = nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil)(ctx, "tcp", rt.addr.String())
 	}
 	cancel()
+	p.relay(c, up, err, &log, ml)
+}
+
+// relay finishes a captured connection: on a dial error it logs and
+// counts the failure; otherwise it copies both ways, then logs and counts.
+func (p *podProxy) relay(c, up net.Conn, err error, log *accessLog, ml connLabels) {
 	if err != nil {
 		log.fail(p.z.cfg.AccessLog, err)
 		ml.responseFlags = "CONNECT"
@@ -573,19 +579,7 @@ func (p *podProxy) inboundPlain(c *net.TCPConn) {
 	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
 	up, err := p.dialApp(ctx, src.Addr(), orig)
 	cancel()
-	if err != nil {
-		log.fail(p.z.cfg.AccessLog, err)
-		ml.responseFlags = "CONNECT"
-		p.z.cfg.Metrics.fail(ml)
-		return
-	}
-	defer up.Close()
-	untrack := p.track(up)
-	defer untrack()
-	closed := p.z.cfg.Metrics.open(ml)
-	log.sent, log.recv = pipe(c, up)
-	closed(log.recv, log.sent)
-	log.done(p.z.cfg.AccessLog)
+	p.relay(c, up, err, &log, ml)
 }
 
 // dialApp connects to the app inside the pod, from the original client's
