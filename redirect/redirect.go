@@ -1,394 +1,285 @@
-// Package redirect programs traffic capture inside a pod's network
-// namespace, with the semantics of upstream Istio's in-pod nftables rules:
-// outbound TCP is redirected to ztunnel's port 15001, inbound TCP (except
-// HBONE on 15008) to 15006, ztunnel's own sockets (mark 0x539) are exempt,
-// and replies to ztunnel's spoofed-source connections are routed back to it
-// through a connmark and a local route in table 100.
+// Package redirect programs and removes the traffic capture inside one pod
+// network namespace, with the semantics of upstream Istio's in-pod nftables
+// backend (istio-cni, ambient mode):
 //
-// Everything is done through netlink (github.com/google/nftables,
-// github.com/vishvananda/netlink); no nft or iptables binary is run. Only
-// the tables, rule and route this package owns are ever touched.
+//   - TCP the pod sends is redirected to ztunnel's outbound listener (15001),
+//     TCP arriving at the pod to its plaintext inbound listener (15006),
+//     except HBONE on 15008, which reaches ztunnel's 15008 listener as is;
+//   - with DNS capture, DNS (UDP and TCP port 53) goes to ztunnel's DNS proxy
+//     on 127.0.0.1:15053, and ztunnel's own upstream queries use conntrack
+//     zone 1;
+//   - ztunnel's own sockets carry mark 0x539 and are never redirected;
+//   - replies to the connections ztunnel opens into the pod with the client's
+//     address as source get connmark 0x111 and are routed back to ztunnel by
+//     an fwmark rule (pref 32764) to table 100, which holds a local default
+//     route on lo;
+//   - kubelet probes, SNATed by the node to 169.254.7.127, pass untouched, and
+//     the pod talking to itself over lo is not captured.
+//
+// The rules live in the inet tables istio-ambient-nat, istio-ambient-mangle
+// and (DNS) istio-ambient-raw, laid out as upstream: base chains prerouting
+// and output jump to istio-prerouting and istio-output. Install replaces all
+// of them in one atomic nftables batch; nothing else in the namespace is
+// touched. Everything goes through netlink (github.com/google/nftables,
+// github.com/vishvananda/netlink); no nft, ip or iptables binary is run.
 package redirect
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
 
-	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
-	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+	"github.com/ambit-mesh/ambit/nsnet"
 )
 
-// Constants shared with ztunnel and upstream Istio.
+// Marks, ports and routing constants shared with ztunnel and upstream Istio.
 const (
-	ZtunnelMark   = 0x539 // SO_MARK on every socket ztunnel opens in a pod
-	ConnMark      = 0x111 // connmark of connections ztunnel opened into the pod
-	MarkMask      = 0xfff
-	RouteTable    = 100
-	RulePriority  = 32764
-	OutboundPort  = 15001
-	InboundPort   = 15006
-	HBONEPort     = 15008
-	DNSPort       = 15053
-	ProbeSNATIPv4 = "169.254.7.127"
+	ZtunnelMark  = 0x539 // SO_MARK on every socket ztunnel opens in a pod (upstream InpodMark)
+	ConnMark     = 0x111 // connmark of connections ztunnel opened into the pod (upstream InpodTProxyMark)
+	MarkMask     = 0xfff // mask applied to both marks
+	RouteTable   = 100   // policy routing table holding the local default route
+	RulePriority = 32764 // preference of the fwmark rule pointing to RouteTable
 
+	OutboundPort = 15001 // ztunnel outbound capture
+	InboundPort  = 15006 // ztunnel inbound plaintext capture
+	HBONEPort    = 15008 // ztunnel inbound HBONE; never redirected
+	DNSPort      = 15053 // ztunnel DNS proxy (127.0.0.1 and ::1)
+	DNSDestPort  = 53    // DNS port captured with Config.DNSCapture
+	DNSConnZone  = 1     // conntrack zone of ztunnel's own DNS queries
+
+	// Default source addresses the node gives kubelet health probes.
+	DefaultProbeSNATv4 = "169.254.7.127"
+	DefaultProbeSNATv6 = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
+)
+
+// Our nftables tables and chains (family inet).
+const (
 	NatTable    = "istio-ambient-nat"
 	MangleTable = "istio-ambient-mangle"
 	RawTable    = "istio-ambient-raw"
-	PreChain    = "istio-prerouting"
-	OutChain    = "istio-output"
+
+	PreroutingChain = "prerouting"       // base chain, hook prerouting
+	OutputChain     = "output"           // base chain, hook output
+	PreChain        = "istio-prerouting" // regular chain the prerouting base chain jumps to
+	OutChain        = "istio-output"     // regular chain the output base chain jumps to
 )
 
-// Annotations that change the rules for a pod (as upstream).
+// Pod annotations that change the rules (same names and meaning as upstream).
 const (
+	// AnnotationBypassInbound "true" leaves inbound traffic alone (upstream
+	// "ingress mode"); outbound is still captured.
 	AnnotationBypassInbound = "ambient.istio.io/bypass-inbound-capture"
-	AnnotationDNSCapture    = "ambient.istio.io/dns-capture"
+	// AnnotationDNSCapture "true"/"false" turns DNS capture on or off for
+	// the pod, overriding the node default.
+	AnnotationDNSCapture = "ambient.istio.io/dns-capture"
+	// AnnotationVirtualInterfaces is a comma-separated list of interfaces
+	// (KubeVirt, VMs, Docker-in-Docker) whose incoming TCP is outbound
+	// traffic of the pod: it is redirected to 15001.
+	AnnotationVirtualInterfaces = "istio.io/reroute-virtual-interfaces"
 )
 
-// Config selects variants of the rule set.
+// maxVirtualInterfaces bounds the rule set (two rules per interface).
+const maxVirtualInterfaces = 64
+
+// opTimeout bounds every netlink exchange when the context has no deadline.
+const opTimeout = 15 * time.Second
+
+// Config selects the variant of the rule set for one pod. The zero value is
+// upstream's default without DNS capture and without IPv6.
 type Config struct {
-	// DNSCapture redirects DNS (UDP and TCP port 53) to ztunnel's 15053.
+	// DNSCapture redirects the pod's DNS (UDP and TCP port 53) to ztunnel's
+	// DNS proxy on port 15053 and adds the raw table that puts ztunnel's
+	// own upstream queries in conntrack zone 1.
 	DNSCapture bool
-	// BypassInbound leaves inbound traffic alone (outbound is still captured).
+	// BypassInbound leaves inbound traffic alone (no 15006 redirect and no
+	// probe exemption); outbound is still captured.
 	BypassInbound bool
+	// IPv6 captures IPv6 too: ip6 rules, the IPv6 fwmark rule, and the ::/0
+	// local route in table 100 when lo has IPv6. Set it when the pod has an
+	// IPv6 address. When false, IPv6 rules, rule and route of ours are
+	// removed.
+	IPv6 bool
+	// VirtualInterfaces lists interfaces whose incoming TCP is redirected to
+	// the outbound port 15001, as if the pod had sent it.
+	VirtualInterfaces []string
+	// ProbeSNATv4 and ProbeSNATv6 are the source addresses the node's
+	// probe SNAT uses; the zero Addr means DefaultProbeSNATv4/v6.
+	ProbeSNATv4, ProbeSNATv6 netip.Addr
 }
 
-// ConfigForPod applies a pod's annotations to the defaults.
+// ConfigForPod applies a pod's annotations to the node defaults. Boolean
+// annotations take the values strconv.ParseBool accepts; other values are
+// ignored, as upstream does. Invalid interface names are dropped.
 func ConfigForPod(annotations map[string]string, defaults Config) Config {
 	c := defaults
-	if annotations[AnnotationBypassInbound] == "true" {
-		c.BypassInbound = true
+	c.VirtualInterfaces = slices.Clone(defaults.VirtualInterfaces)
+	if v, ok := boolAnnotation(annotations, AnnotationBypassInbound); ok {
+		c.BypassInbound = v
 	}
-	switch annotations[AnnotationDNSCapture] {
-	case "true":
-		c.DNSCapture = true
-	case "false":
-		c.DNSCapture = false
+	if v, ok := boolAnnotation(annotations, AnnotationDNSCapture); ok {
+		c.DNSCapture = v
+	}
+	if list, ok := annotations[AnnotationVirtualInterfaces]; ok {
+		c.VirtualInterfaces = nil
+		for name := range strings.SplitSeq(list, ",") {
+			name = strings.TrimSpace(name)
+			if validIfName(name) && !slices.Contains(c.VirtualInterfaces, name) && len(c.VirtualInterfaces) < maxVirtualInterfaces {
+				c.VirtualInterfaces = append(c.VirtualInterfaces, name)
+			}
+		}
 	}
 	return c
 }
 
-func ourTables() []string { return []string{NatTable, MangleTable, RawTable} }
-
-// Install programs the rules in the namespace at netnsPath, replacing any
-// earlier version of our tables in one atomic batch. It is idempotent.
-func Install(ctx context.Context, netnsPath string, cfg Config) error {
-	ns, err := vnetns.GetFromPath(netnsPath)
+func boolAnnotation(annotations map[string]string, name string) (value, ok bool) {
+	s, present := annotations[name]
+	if !present {
+		return false, false
+	}
+	v, err := strconv.ParseBool(s)
 	if err != nil {
-		return fmt.Errorf("redirect: opening netns %s: %w", netnsPath, err)
+		return false, false
 	}
-	defer ns.Close()
-	nft, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		return fmt.Errorf("redirect: nftables in %s: %w", netnsPath, err)
-	}
-	defer nft.CloseLasting()
-	if err := deleteOurTables(nft); err != nil {
-		return fmt.Errorf("redirect: %s: %w", netnsPath, err)
-	}
-	addRules(nft, cfg)
-	if err := nft.Flush(); err != nil {
-		return fmt.Errorf("redirect: installing nftables rules in %s: %w", netnsPath, err)
-	}
-	if err := installRouting(ns); err != nil {
-		return fmt.Errorf("redirect: routing in %s: %w", netnsPath, err)
-	}
-	return nil
+	return v, true
 }
 
-// Remove deletes our tables, the fwmark rule and the table-100 route from
-// the namespace. It is idempotent; a namespace that is gone is not an error.
-func Remove(ctx context.Context, netnsPath string) error {
-	ns, err := vnetns.GetFromPath(netnsPath)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+// validIfName reports whether name is a valid Linux interface name.
+func validIfName(name string) bool {
+	if name == "" || len(name) >= 16 || name == "." || name == ".." {
+		return false
 	}
-	if err != nil {
-		return fmt.Errorf("redirect: opening netns %s: %w", netnsPath, err)
-	}
-	defer ns.Close()
-	nft, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		return fmt.Errorf("redirect: nftables in %s: %w", netnsPath, err)
-	}
-	defer nft.CloseLasting()
-	if err := deleteOurTables(nft); err != nil {
-		return fmt.Errorf("redirect: %s: %w", netnsPath, err)
-	}
-	if err := nft.Flush(); err != nil {
-		return fmt.Errorf("redirect: removing nftables rules in %s: %w", netnsPath, err)
-	}
-	if err := removeRouting(ns); err != nil {
-		return fmt.Errorf("redirect: routing in %s: %w", netnsPath, err)
-	}
-	return nil
+	return !strings.ContainsAny(name, "/: \t\n\v\f\r\x00")
 }
 
-// State is what of ours is installed in a namespace.
-type State struct {
-	Tables []string // our nftables tables present
-	Rule   bool     // the fwmark rule to table 100
-	Route  bool     // the local default route in table 100
+func (c Config) probeV4() netip.Addr {
+	if c.ProbeSNATv4.IsValid() {
+		return c.ProbeSNATv4
+	}
+	return netip.MustParseAddr(DefaultProbeSNATv4)
 }
 
-// Installed reports whether the full capture is in place.
-func (s State) Installed() bool { return len(s.Tables) >= 2 && s.Rule && s.Route }
+func (c Config) probeV6() netip.Addr {
+	if c.ProbeSNATv6.IsValid() {
+		return c.ProbeSNATv6
+	}
+	return netip.MustParseAddr(DefaultProbeSNATv6)
+}
 
-// Clean reports whether nothing of ours is left.
-func (s State) Clean() bool { return len(s.Tables) == 0 && !s.Rule && !s.Route }
-
-// Inspect reports what of ours is installed in the namespace.
-func Inspect(ctx context.Context, netnsPath string) (State, error) {
-	var st State
-	ns, err := vnetns.GetFromPath(netnsPath)
-	if err != nil {
-		return st, fmt.Errorf("redirect: opening netns %s: %w", netnsPath, err)
+func (c Config) validate() error {
+	if c.ProbeSNATv4.IsValid() && !c.ProbeSNATv4.Is4() {
+		return fmt.Errorf("probe SNAT address %s is not IPv4", c.ProbeSNATv4)
 	}
-	defer ns.Close()
-	nft, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		return st, err
+	if c.ProbeSNATv6.IsValid() && (!c.ProbeSNATv6.Is6() || c.ProbeSNATv6.Is4In6()) {
+		return fmt.Errorf("probe SNAT address %s is not IPv6", c.ProbeSNATv6)
 	}
-	defer nft.CloseLasting()
-	tables, err := nft.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return st, fmt.Errorf("redirect: listing tables in %s: %w", netnsPath, err)
+	if len(c.VirtualInterfaces) > maxVirtualInterfaces {
+		return fmt.Errorf("%d virtual interfaces, at most %d", len(c.VirtualInterfaces), maxVirtualInterfaces)
 	}
-	for _, t := range tables {
-		for _, ours := range ourTables() {
-			if t.Name == ours {
-				st.Tables = append(st.Tables, t.Name)
-			}
+	for _, name := range c.VirtualInterfaces {
+		if !validIfName(name) {
+			return fmt.Errorf("invalid virtual interface name %q", name)
 		}
 	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return st, err
+	return nil
+}
+
+// Install programs the capture in the network namespace at netnsPath: our
+// three tables are replaced in one atomic nftables batch (an earlier
+// version, with any config, is gone in the same step), then the fwmark rule
+// and table-100 routes are made to match cfg. It is idempotent. The routing
+// goes first because on its own it is inert (only packets of ztunnel's
+// connections carry mark 0x111). If Install fails part way, calling it again
+// or Remove converges.
+func Install(ctx context.Context, netnsPath string, cfg Config) error {
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("redirect: install in netns %s: %w", netnsPath, err)
 	}
-	defer h.Close()
-	st.Rule, err = hasRule(h)
+	err := inNetns(ctx, netnsPath, func(deadline time.Time) error {
+		if err := installRouting(deadline, cfg); err != nil {
+			return err
+		}
+		return replaceTables(deadline, cfg)
+	})
 	if err != nil {
-		return st, err
+		return fmt.Errorf("redirect: install in netns %s: %w", netnsPath, err)
 	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: RouteTable}, netlink.RT_FILTER_TABLE)
+	return nil
+}
+
+// Remove deletes our tables (in one batch, first, so capture stops at once),
+// then the fwmark rules and our table-100 routes. It is idempotent, leaves
+// everything that is not ours alone, and a namespace that no longer exists
+// is not an error (the pod is gone, and its rules with it).
+func Remove(ctx context.Context, netnsPath string) error {
+	if _, err := os.Stat(netnsPath); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	err := inNetns(ctx, netnsPath, func(deadline time.Time) error {
+		if err := deleteTables(deadline); err != nil {
+			return err
+		}
+		return removeRouting(deadline)
+	})
 	if err != nil {
-		return st, err
+		return fmt.Errorf("redirect: remove from netns %s: %w", netnsPath, err)
 	}
-	st.Route = len(routes) > 0
+	return nil
+}
+
+// State is what of ours is present in a namespace.
+type State struct {
+	Tables  []string // our nftables tables, in the order NatTable, MangleTable, RawTable
+	Rules   int      // rules in our tables, base-chain jumps included
+	RuleV4  bool     // ip rule fwmark 0x111/0xfff pref 32764 lookup 100
+	RuleV6  bool     // the same for IPv6
+	RouteV4 bool     // local 0.0.0.0/0 dev lo table 100
+	RouteV6 bool     // local ::/0 dev lo table 100
+}
+
+// Installed reports whether the IPv4 capture is complete: nat and mangle
+// tables, fwmark rule and local route.
+func (s State) Installed() bool {
+	return slices.Contains(s.Tables, NatTable) && slices.Contains(s.Tables, MangleTable) && s.RuleV4 && s.RouteV4
+}
+
+// Clean reports whether nothing of ours is left.
+func (s State) Clean() bool {
+	return len(s.Tables) == 0 && s.Rules == 0 && !s.RuleV4 && !s.RuleV6 && !s.RouteV4 && !s.RouteV6
+}
+
+// Inspect reports what of ours is installed in the namespace at netnsPath.
+func Inspect(ctx context.Context, netnsPath string) (State, error) {
+	var st State
+	err := inNetns(ctx, netnsPath, func(deadline time.Time) error {
+		var err error
+		if st, err = inspectTables(deadline); err != nil {
+			return err
+		}
+		return inspectRouting(deadline, &st)
+	})
+	if err != nil {
+		return State{}, fmt.Errorf("redirect: inspect netns %s: %w", netnsPath, err)
+	}
 	return st, nil
 }
 
-func deleteOurTables(nft *nftables.Conn) error {
-	tables, err := nft.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return fmt.Errorf("listing nftables tables: %w", err)
-	}
-	for _, t := range tables {
-		for _, ours := range ourTables() {
-			if t.Name == ours {
-				nft.DelTable(t)
-			}
-		}
-	}
-	return nil
-}
-
-func ourRule() *netlink.Rule {
-	r := netlink.NewRule()
-	r.Mark = ConnMark
-	mask := uint32(MarkMask)
-	r.Mask = &mask
-	r.Priority = RulePriority
-	r.Table = RouteTable
-	r.Family = netlink.FAMILY_V4
-	return r
-}
-
-func hasRule(h *netlink.Handle) (bool, error) {
-	rules, err := h.RuleList(netlink.FAMILY_V4)
-	if err != nil {
-		return false, err
-	}
-	for _, r := range rules {
-		if r.Table == RouteTable && r.Priority == RulePriority && r.Mark == ConnMark {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-func localRoute(lo netlink.Link) *netlink.Route {
-	_, all, _ := net.ParseCIDR("0.0.0.0/0")
-	return &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: all, Table: RouteTable, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST}
-}
-
-func installRouting(ns vnetns.NsHandle) error {
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
+// inNetns runs fn on a locked OS thread inside the namespace at path; every
+// netlink socket fn opens belongs to that namespace. A thread that cannot
+// return to its own namespace is never unlocked, so it dies with its
+// goroutine (nsnet.Do). fn gets the deadline for its netlink exchanges.
+func inNetns(ctx context.Context, path string, fn func(deadline time.Time) error) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	defer h.Close()
-	if ok, err := hasRule(h); err != nil {
-		return err
-	} else if !ok {
-		if err := h.RuleAdd(ourRule()); err != nil {
-			return fmt.Errorf("adding fwmark rule: %w", err)
-		}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(opTimeout)
 	}
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		return err
-	}
-	if err := h.RouteReplace(localRoute(lo)); err != nil {
-		return fmt.Errorf("adding local route in table %d: %w", RouteTable, err)
-	}
-	return nil
-}
-
-func removeRouting(ns vnetns.NsHandle) error {
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	for {
-		ok, err := hasRule(h)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			break
-		}
-		if err := h.RuleDel(ourRule()); err != nil {
-			return fmt.Errorf("deleting fwmark rule: %w", err)
-		}
-	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: RouteTable}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return err
-	}
-	for _, r := range routes {
-		if err := h.RouteDel(&r); err != nil {
-			return fmt.Errorf("deleting route in table %d: %w", RouteTable, err)
-		}
-	}
-	return nil
-}
-
-// --- rule building -------------------------------------------------------
-
-func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
-
-// ipv4 matches IPv4 packets (our tables are inet; address matches need it).
-func ipv4() []expr.Any {
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}}}
-}
-
-func l4(proto byte) []expr.Any {
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}}}
-}
-
-// ip4Addr matches the source (offset 12) or destination (16) address.
-func ip4Addr(offset uint32, op expr.CmpOp, addr string) []expr.Any {
-	a := netip.MustParseAddr(addr).As4()
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
-	}
-}
-
-func dport(op expr.CmpOp, port uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: op, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
-	}
-}
-
-// markIs matches meta mark & MarkMask against v.
-func markIs(op expr.CmpOp, v uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(MarkMask), Xor: native32(0)},
-		&expr.Cmp{Op: op, Register: 1, Data: native32(v)},
-	}
-}
-
-func ctMarkIs(v uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(MarkMask), Xor: native32(0)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(v)},
-	}
-}
-
-func oifLo() []expr.Any {
-	name := make([]byte, 16)
-	copy(name, "lo")
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name}}
-}
-
-func accept() []expr.Any { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
-
-func redirectTo(port uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
-		&expr.Redir{RegisterProtoMin: 1},
-	}
-}
-
-func rule(nft *nftables.Conn, t *nftables.Table, c *nftables.Chain, parts ...[]expr.Any) {
-	var exprs []expr.Any
-	for _, p := range parts {
-		exprs = append(exprs, p...)
-	}
-	nft.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: exprs})
-}
-
-func addRules(nft *nftables.Conn, cfg Config) {
-	policy := nftables.ChainPolicyAccept
-	mangle := nft.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: MangleTable})
-	manglePre := nft.AddChain(&nftables.Chain{Name: PreChain, Table: mangle, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &policy})
-	mangleOut := nft.AddChain(&nftables.Chain{Name: OutChain, Table: mangle, Type: nftables.ChainTypeRoute, Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle, Policy: &policy})
-	// Packets of ztunnel's connections into the pod: remember in the connmark.
-	rule(nft, mangle, manglePre, markIs(expr.CmpOpEq, ZtunnelMark), []expr.Any{
-		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^uint32(MarkMask)), Xor: native32(ConnMark)},
-		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
-	})
-	// The app's replies on those connections: restore the mark, so the
-	// fwmark rule routes them back to ztunnel through table 100.
-	rule(nft, mangle, mangleOut, ctMarkIs(ConnMark), []expr.Any{
-		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1, SourceRegister: true},
-	})
-
-	nat := nft.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: NatTable})
-	natPre := nft.AddChain(&nftables.Chain{Name: PreChain, Table: nat, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &policy})
-	natOut := nft.AddChain(&nftables.Chain{Name: OutChain, Table: nat, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest, Policy: &policy})
-	if !cfg.BypassInbound {
-		// Health probes SNATed by the node are let through untouched.
-		rule(nft, nat, natPre, ipv4(), l4(unix.IPPROTO_TCP), ip4Addr(12, expr.CmpOpEq, ProbeSNATIPv4), accept())
-		// Inbound TCP, except HBONE and ztunnel's own: to 15006.
-		rule(nft, nat, natPre, ipv4(), l4(unix.IPPROTO_TCP), ip4Addr(16, expr.CmpOpNeq, "127.0.0.1"), dport(expr.CmpOpNeq, HBONEPort), markIs(expr.CmpOpNeq, ZtunnelMark), redirectTo(InboundPort))
-	}
-	rule(nft, nat, natOut, ipv4(), l4(unix.IPPROTO_TCP), ip4Addr(16, expr.CmpOpEq, ProbeSNATIPv4), accept())
-	if cfg.DNSCapture {
-		name := make([]byte, 16)
-		copy(name, "lo")
-		rule(nft, nat, natOut, ipv4(), l4(unix.IPPROTO_UDP), []expr.Any{&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: name}}, dport(expr.CmpOpEq, 53), markIs(expr.CmpOpNeq, ZtunnelMark), redirectTo(DNSPort))
-		rule(nft, nat, natOut, ipv4(), l4(unix.IPPROTO_TCP), ip4Addr(16, expr.CmpOpNeq, "127.0.0.1"), dport(expr.CmpOpEq, 53), markIs(expr.CmpOpNeq, ZtunnelMark), redirectTo(DNSPort))
-	}
-	// Replies of connections ztunnel opened into the pod: not outbound.
-	rule(nft, nat, natOut, l4(unix.IPPROTO_TCP), markIs(expr.CmpOpEq, ConnMark), accept())
-	// The pod talking to itself over lo is not captured.
-	rule(nft, nat, natOut, ipv4(), ip4Addr(16, expr.CmpOpNeq, "127.0.0.1"), oifLo(), accept())
-	// Everything else the app sends over TCP: to 15001.
-	rule(nft, nat, natOut, ipv4(), l4(unix.IPPROTO_TCP), ip4Addr(16, expr.CmpOpNeq, "127.0.0.1"), markIs(expr.CmpOpNeq, ZtunnelMark), redirectTo(OutboundPort))
+	return nsnet.Do(path, func() error { return fn(deadline) })
 }
