@@ -54,6 +54,10 @@ func Up(ctx context.Context, o UpOptions) error {
 	if err != nil {
 		return err
 	}
+	// The supervisor runs in "/": it gets absolute paths.
+	if o.StateDir, err = filepath.Abs(o.StateDir); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return fmt.Errorf("config directory %s: not a readable directory", o.ConfigDir)
 	}
@@ -90,6 +94,9 @@ func Up(ctx context.Context, o UpOptions) error {
 		return err
 	}
 	if err := checkPlugins(binDir); err != nil {
+		return err
+	}
+	if err := foreignMesh(LockPath, o.StateDir); err != nil {
 		return err
 	}
 	if left := leftovers(o.StateDir); len(left) > 0 {
@@ -195,15 +202,19 @@ func leftovers(stateDir string) []string {
 }
 
 // supervisorPID returns the PID in the pid file if that process is still
-// our supervisor (checked by its command line, so a recycled PID is never
-// signalled).
+// our supervisor: the same start time (field 22 of /proc/PID/stat, recorded
+// next to the PID) and an `ambit local run` command line, so a recycled PID
+// is never signalled.
 func supervisorPID(stateDir string) (int, bool) {
 	data, err := os.ReadFile(Paths{stateDir}.PIDFile())
 	if err != nil {
 		return 0, false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 1 {
+	pid, start, err := parsePIDFile(data)
+	if err != nil {
+		return 0, false
+	}
+	if now, err := procStartTime(pid); err != nil || now != start {
 		return 0, false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -213,11 +224,73 @@ func supervisorPID(stateDir string) (int, bool) {
 	return pid, true
 }
 
+// pidFileContent is what the supervisor writes in its pid file: its PID
+// and its start time, so that others can tell it from a later process
+// that got the same PID.
+func pidFileContent(pid int, start uint64) []byte {
+	return fmt.Appendf(nil, "%d %d\n", pid, start)
+}
+
+// parsePIDFile reads "PID STARTTIME".
+func parsePIDFile(data []byte) (pid int, start uint64, err error) {
+	f := strings.Fields(string(data))
+	if len(f) != 2 {
+		return 0, 0, fmt.Errorf("pid file: want \"PID STARTTIME\", got %q", data)
+	}
+	pid, err = strconv.Atoi(f[0])
+	if err != nil || pid <= 1 {
+		return 0, 0, fmt.Errorf("pid file: bad PID %q", f[0])
+	}
+	start, err = strconv.ParseUint(f[1], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("pid file: bad start time %q", f[1])
+	}
+	return pid, start, nil
+}
+
+// procStartTime returns the start time of a process, in clock ticks after
+// boot (field 22 of /proc/PID/stat).
+func procStartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseStatStartTime(data)
+}
+
+// parseStatStartTime extracts the start time from the text of
+// /proc/PID/stat. The command name (field 2) may hold spaces and
+// parentheses, so fields are counted after its last ')'.
+func parseStatStartTime(stat []byte) (uint64, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("/proc stat: no command name")
+	}
+	// After ")": field 3 (state) onwards; start time is field 22.
+	f := strings.Fields(string(stat[i+1:]))
+	const startField = 22 - 3
+	if len(f) <= startField {
+		return 0, fmt.Errorf("/proc stat: %d fields after the command name, want more than %d", len(f), startField)
+	}
+	v, err := strconv.ParseUint(f[startField], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc stat: start time %q: %w", f[startField], err)
+	}
+	return v, nil
+}
+
 // Down stops the supervisor and removes everything a local mesh created:
 // processes in its namespaces, the namespaces (with every link and route in
 // them) and the state directory. It is safe to run at any time.
 func Down(ctx context.Context, stateDir string, out io.Writer) error {
 	if err := RequireRoot(); err != nil {
+		return err
+	}
+	stateDir, err := filepath.Abs(stateDir)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if err := foreignMesh(LockPath, stateDir); err != nil {
 		return err
 	}
 	if pid, ok := supervisorPID(stateDir); ok {
@@ -242,6 +315,9 @@ func Down(ctx context.Context, stateDir string, out io.Writer) error {
 	}
 	if err := os.RemoveAll(stateDir); err != nil {
 		return fmt.Errorf("removing state directory: %w", err)
+	}
+	if stateDir == DefaultStateDir {
+		_ = os.Remove(filepath.Dir(stateDir)) // /run/ambit, if up made it and nothing else is in it
 	}
 	fmt.Fprintln(out, "local mesh down")
 	return nil
@@ -412,12 +488,22 @@ func Exec(stateDir, podRef string, argv []string) error {
 	if len(env) == 0 {
 		env = os.Environ()
 	}
-	return NSExec(pod.Netns, argv, env)
+	return NSExec(pod.Netns, argv, env, NSExecOptions{})
+}
+
+// NSExecOptions tunes NSExec.
+type NSExecOptions struct {
+	// DieWithParent has the kernel SIGKILL the command when the process
+	// that started nsexec dies (PR_SET_PDEATHSIG), so pods and ztunnels
+	// never outlive a supervisor killed with SIGKILL. The setting the
+	// parent asked for at fork lives on the main thread, and Go may exec
+	// from another one, so it is set again on the thread that execs.
+	DieWithParent bool
 }
 
 // NSExec replaces the current process with argv inside the network
 // namespace at netnsPath. It returns only on error.
-func NSExec(netnsPath string, argv, env []string) error {
+func NSExec(netnsPath string, argv, env []string, opts NSExecOptions) error {
 	if len(argv) == 0 {
 		return errors.New("nsexec: no command")
 	}
@@ -438,13 +524,37 @@ func NSExec(netnsPath string, argv, env []string) error {
 	if err != nil {
 		return fmt.Errorf("nsexec: opening %s: %w", netnsPath, err)
 	}
-	// The namespace is a property of the thread: stay on this one until exec.
+	// The namespace and the parent-death signal are properties of the
+	// thread: stay on this one until exec.
 	runtime.LockOSThread()
 	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 		return fmt.Errorf("nsexec: entering %s: %w", netnsPath, err)
 	}
 	unix.Close(fd)
+	if opts.DieWithParent {
+		ppid := os.Getppid()
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+			return fmt.Errorf("nsexec: setting the parent-death signal: %w", err)
+		}
+		// The parent may have died before the signal was armed.
+		if ppid == 1 || os.Getppid() != ppid {
+			return errors.New("nsexec: the parent process is gone; not starting the command")
+		}
+	}
 	return fmt.Errorf("nsexec: exec %s: %w", path, syscall.Exec(path, argv, env))
+}
+
+// ParseNSExecArgs parses the arguments of `ambit local nsexec`:
+// [--die-with-parent] NETNS -- CMD [ARGS...].
+func ParseNSExecArgs(args []string) (netnsPath string, argv []string, opts NSExecOptions, err error) {
+	if len(args) > 0 && args[0] == "--die-with-parent" {
+		opts.DieWithParent = true
+		args = args[1:]
+	}
+	if len(args) < 3 || args[1] != "--" || args[0] == "" {
+		return "", nil, opts, errors.New("usage: ambit local nsexec [--die-with-parent] NETNS -- CMD [ARGS...]")
+	}
+	return args[0], args[2:], opts, nil
 }
 
 // AdminGet fetches a path from a node's ztunnel admin endpoint

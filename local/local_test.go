@@ -2,6 +2,7 @@ package local
 
 import (
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -195,14 +196,118 @@ func TestStateRoundTrip(t *testing.T) {
 }
 
 func TestPodNetnsName(t *testing.T) {
-	if got := podNetnsName("demo", "echo-1"); got != "ambit-pod-demo-echo-1" {
-		t.Errorf("got %q", got)
+	long1 := strings.Repeat("n", 40)
+	tests := []struct {
+		ns, name string
+		want     string // exact, or "" to check only the shape
+	}{
+		{"demo", "echo-1", "ambit-pod-demo-echo-1"},
+		{"demo", "a.b", "ambit-pod-demo-a.b"},
+		{"demo-a", "b", ""},
+		{"demo", "a-b", "ambit-pod-demo-a-b"},
+		{"a-very-long-namespace-name-indeed", "and-a-very-long-pod-name-as-well-too", ""},
+		{"a-very-long-namespace-name-indeed", "and-a-very-long-pod-name-as-well-tooo", ""},
+		{long1, "p", ""},
+		{long1 + "x", "p", ""},
+		{"x", strings.Repeat("p", 253), ""},
 	}
-	long := podNetnsName("a-very-long-namespace-name-indeed", "and-a-very-long-pod-name-as-well-too")
-	if len(long) > 64 || !strings.HasPrefix(long, NamePrefix) {
-		t.Errorf("long name %q (%d)", long, len(long))
+	seen := map[string]string{}
+	for _, tc := range tests {
+		got := podNetnsName(tc.ns, tc.name)
+		if tc.want != "" && got != tc.want {
+			t.Errorf("podNetnsName(%q, %q) = %q, want %q", tc.ns, tc.name, got, tc.want)
+		}
+		if len(got) > 64 || !strings.HasPrefix(got, NamePrefix+"pod-") || strings.ContainsAny(got, "/\x00") {
+			t.Errorf("podNetnsName(%q, %q) = %q (%d bytes): not a short ambit-pod- file name", tc.ns, tc.name, got, len(got))
+		}
+		if prev, ok := seen[got]; ok {
+			t.Errorf("podNetnsName(%q, %q) = %q, same as for %s", tc.ns, tc.name, got, prev)
+		}
+		seen[got] = tc.ns + "/" + tc.name
+		if again := podNetnsName(tc.ns, tc.name); again != got {
+			t.Errorf("podNetnsName(%q, %q) not stable: %q then %q", tc.ns, tc.name, got, again)
+		}
 	}
-	if long == podNetnsName("a-very-long-namespace-name-indeed", "and-a-very-long-pod-name-as-well-tooo") {
-		t.Error("distinct long names collide")
+}
+
+func TestPIDFile(t *testing.T) {
+	start, err := procStartTime(os.Getpid())
+	if err != nil || start == 0 {
+		t.Fatalf("own start time: %d, %v", start, err)
+	}
+	pid, got, err := parsePIDFile(pidFileContent(4242, start))
+	if err != nil || pid != 4242 || got != start {
+		t.Fatalf("round trip: %d %d %v", pid, got, err)
+	}
+	for _, bad := range []string{"", "4242", "4242 x", "x 1", "1 5", "-3 5", "4242 5 6"} {
+		if _, _, err := parsePIDFile([]byte(bad)); err == nil {
+			t.Errorf("parsePIDFile(%q) accepted", bad)
+		}
+	}
+	stats := []struct {
+		stat string
+		want uint64
+		ok   bool
+	}{
+		{"1 (init) S 0 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 77 100 200", 77, true},
+		// The command name may hold spaces and parentheses.
+		{"9 (a) b) (c) R 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 123456789 1 2", 123456789, true},
+		{"9 (short) R 1 2 3", 0, false},
+		{"no parenthesis at all", 0, false},
+		{"1 (x) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 1", 0, false},
+	}
+	for _, tc := range stats {
+		got, err := parseStatStartTime([]byte(tc.stat))
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseStatStartTime(%q) = %d, %v; want %d ok=%v", tc.stat, got, err, tc.want, tc.ok)
+		}
+	}
+	// A pid file naming a live process with another start time (a
+	// recycled PID) is not our supervisor.
+	dir := t.TempDir()
+	if err := os.WriteFile(Paths{dir}.PIDFile(), pidFileContent(os.Getpid(), start+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if pid, ok := supervisorPID(dir); ok {
+		t.Errorf("supervisorPID accepted a start-time mismatch (pid %d)", pid)
+	}
+	// The right start time but not an `ambit local run` command line.
+	if err := os.WriteFile(Paths{dir}.PIDFile(), pidFileContent(os.Getpid(), start), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if pid, ok := supervisorPID(dir); ok {
+		t.Errorf("supervisorPID accepted a process that is not the supervisor (pid %d)", pid)
+	}
+}
+
+func TestParseNSExecArgs(t *testing.T) {
+	tests := []struct {
+		args    []string
+		netns   string
+		argv    []string
+		die     bool
+		wantErr bool
+	}{
+		{args: []string{"/run/netns/x", "--", "sleep", "1"}, netns: "/run/netns/x", argv: []string{"sleep", "1"}},
+		{args: []string{"--die-with-parent", "/run/netns/x", "--", "ztunnel"}, netns: "/run/netns/x", argv: []string{"ztunnel"}, die: true},
+		// Flags after "--" belong to the command.
+		{args: []string{"/n", "--", "sh", "--die-with-parent"}, netns: "/n", argv: []string{"sh", "--die-with-parent"}},
+		{args: []string{"/n", "--"}, wantErr: true},
+		{args: []string{"/n", "sleep", "1"}, wantErr: true},
+		{args: []string{"--die-with-parent", "--", "x"}, wantErr: true},
+		{args: []string{"", "--", "x"}, wantErr: true},
+		{args: nil, wantErr: true},
+	}
+	for _, tc := range tests {
+		netns, argv, opts, err := ParseNSExecArgs(tc.args)
+		if tc.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "usage:") {
+				t.Errorf("ParseNSExecArgs(%q) = %q %q, %v; want a usage error", tc.args, netns, argv, err)
+			}
+			continue
+		}
+		if err != nil || netns != tc.netns || strings.Join(argv, " ") != strings.Join(tc.argv, " ") || opts.DieWithParent != tc.die {
+			t.Errorf("ParseNSExecArgs(%q) = %q %q %+v, %v; want %q %q die=%v", tc.args, netns, argv, opts, err, tc.netns, tc.argv, tc.die)
+		}
 	}
 }

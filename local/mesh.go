@@ -148,7 +148,7 @@ func (s *Supervisor) runZtunnel(ctx context.Context, n NodeStatus, dir string) {
 			s.Logger.Error("ztunnel log", "err", err)
 			return
 		}
-		cmd := exec.Command(s.self, "local", "nsexec", n.Netns, "--", s.self, "ztunnel",
+		cmd := exec.Command(s.self, "local", "nsexec", "--die-with-parent", n.Netns, "--", s.self, "ztunnel",
 			"--node", n.Name, "--control-plane", fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort),
 			"--credential-dir", dir, "--zds-socket", filepath.Join(dir, "ztunnel.sock"),
 			"--admin", "127.0.0.1:15000", "--readiness", ":15021", "--log-format", "json")

@@ -12,16 +12,22 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// podNetnsName names a pod's network namespace. Long names are shortened
-// with a hash so the result stays a reasonable file name.
+// podNetnsName names a pod's network namespace: ambit-pod-<ns>-<name>
+// when that is unambiguous (the namespace has no "-") and short, else a
+// readable prefix, "_" and a hash of namespace/name. Kubernetes names never
+// hold "_", so the two forms never meet and distinct pods get distinct
+// names (without the rule, demo/a-b and demo-a/b would share one).
 func podNetnsName(namespace, name string) string {
 	n := NamePrefix + "pod-" + namespace + "-" + name
-	if len(n) <= 64 {
+	if len(n) <= 63 && !strings.Contains(namespace, "-") {
 		return n
 	}
 	h := fnv.New64a()
 	h.Write([]byte(namespace + "/" + name))
-	return fmt.Sprintf("%s-%x", n[:47], h.Sum64())
+	if len(n) > 47 {
+		n = n[:47]
+	}
+	return fmt.Sprintf("%s_%016x", n, h.Sum64())
 }
 
 // newUID returns a random RFC 4122 version 4 UUID, as Kubernetes gives pods.

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -63,6 +62,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.StateDir, err = filepath.Abs(s.StateDir); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
 	s.paths = Paths{s.StateDir}
 	s.pods = map[string]*podProc{}
 	s.services = map[string]*corev1.Service{}
@@ -77,7 +79,21 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			return fmt.Errorf("state directory: %w", err)
 		}
 	}
-	if err := os.WriteFile(s.paths.PIDFile(), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+	start, err := procStartTime(os.Getpid())
+	if err != nil {
+		return fmt.Errorf("reading own start time: %w", err)
+	}
+	// Before anything is created or cleaned: another live mesh's
+	// namespaces must not be touched.
+	lock, held, err := acquireLock(LockPath, lockOwner{PID: os.Getpid(), Start: start, StateDir: s.StateDir})
+	if err != nil {
+		return err
+	}
+	if held != nil {
+		return fmt.Errorf("another local mesh is running (%s); only one runs per machine", held)
+	}
+	defer lock.Close() // after teardown: released last
+	if err := os.WriteFile(s.paths.PIDFile(), pidFileContent(os.Getpid(), start), 0o644); err != nil {
 		return fmt.Errorf("writing pid file: %w", err)
 	}
 	defer s.teardown()
@@ -467,7 +483,7 @@ func (s *Supervisor) runOnce(ctx context.Context, p *podProc, argv []string) (in
 		return -1, fmt.Errorf("pod log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(s.self, append([]string{"local", "nsexec", st.Netns, "--"}, argv...)...)
+	cmd := exec.Command(s.self, append([]string{"local", "nsexec", "--die-with-parent", st.Netns, "--"}, argv...)...)
 	cmd.Env, cmd.Stdout, cmd.Stderr, cmd.Dir = st.Env, logf, logf, "/"
 	// Own process group, so the whole pod can be signalled; and killed if
 	// the supervisor dies without cleaning up.

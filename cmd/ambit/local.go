@@ -89,15 +89,16 @@ func newLocalCmd() *cobra.Command {
 	run.Flags().IntVar(&runNodes, "nodes", 2, "number of nodes")
 
 	nsexec := &cobra.Command{
-		Use:                "nsexec NETNS -- CMD [ARGS...]",
-		Short:              "Exec a command in a network namespace (used for pods and CNI plugins)",
+		Use:                "nsexec [--die-with-parent] NETNS -- CMD [ARGS...]",
+		Short:              "Exec a command in a network namespace (used for pods, ztunnels and CNI plugins)",
 		Hidden:             true,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) < 3 || args[1] != "--" {
-				return errors.New("usage: ambit local nsexec NETNS -- CMD [ARGS...]")
+			netns, argv, opts, err := local.ParseNSExecArgs(args)
+			if err != nil {
+				return err
 			}
-			return local.NSExec(args[0], args[2:], os.Environ())
+			return local.NSExec(netns, argv, os.Environ(), opts)
 		},
 	}
 	cmd.AddCommand(up, down, status, exec, run, nsexec)

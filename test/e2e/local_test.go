@@ -201,16 +201,52 @@ func TestLocalModeDemo(t *testing.T) {
 		})
 	})
 
-	t.Run("up recovers after the supervisor is killed", func(t *testing.T) {
-		pidData, err := os.ReadFile(filepath.Join(stateDir, "supervisor.pid"))
-		if err != nil {
-			t.Fatal(err)
+	t.Run("a second mesh is refused and cannot take this one down", func(t *testing.T) {
+		other := filepath.Join(t.TempDir(), "other-state")
+		for _, args := range [][]string{
+			{"local", "up", "-f", cfg, "--state-dir", other},
+			{"local", "down", "--state-dir", other},
+		} {
+			out, err := ambit(t, 30*time.Second, args...)
+			if err == nil || !strings.Contains(out, "another local mesh is running") || !strings.Contains(out, stateDir) {
+				t.Errorf("ambit %s with a mesh running elsewhere: %v\n%s", strings.Join(args, " "), err, out)
+			}
 		}
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(pidData)))
+		if _, err := os.Stat(other); !os.IsNotExist(err) {
+			t.Errorf("refused up created %s: %v", other, err)
+		}
+		checkEcho(t, readStatus(t, stateDir))
+	})
+
+	t.Run("up recovers after the supervisor is killed", func(t *testing.T) {
+		pid := supervisorPID(t, stateDir)
+		if pid <= 1 {
+			t.Fatalf("no supervisor PID in %s", stateDir)
+		}
+		var children []int // pods and ztunnels
+		for _, p := range []string{"client", "echo-1", "echo-2", "banner"} {
+			children = append(children, podPID(t, stateDir, "demo", p))
+		}
+		children = append(children, ztunnelPID(t, "node1"), ztunnelPID(t, "node2"))
+		for _, c := range children {
+			if c <= 1 || !alive(c) {
+				t.Fatalf("pod and ztunnel PIDs before the kill: %v, want all running", children)
+			}
+		}
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatalf("kill -9 supervisor %d: %v", pid, err)
 		}
 		waitFor(t, 10*time.Second, "supervisor dead", func() bool { return !alive(pid) })
+		// The kernel kills them with their supervisor (parent-death signal);
+		// up and down would also find them by their network namespace.
+		waitFor(t, 5*time.Second, "pods and ztunnels to die with the supervisor", func() bool {
+			for _, c := range children {
+				if alive(c) {
+					return false
+				}
+			}
+			return true
+		})
 		out := mustAmbit(t, 90*time.Second, "local", "up", "-f", cfg, "--state-dir", stateDir)
 		if !strings.Contains(out, "cleaning up a previous run") {
 			t.Errorf("up after a crash did not say it cleaned up: %s", out)
@@ -226,8 +262,7 @@ func TestLocalModeDemo(t *testing.T) {
 		if len(inodes) != 7 { // underlay, 2 nodes, 4 pods
 			t.Errorf("before down: %d namespaces of ours, want 7", len(inodes))
 		}
-		pidData, _ := os.ReadFile(filepath.Join(stateDir, "supervisor.pid"))
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(pidData)))
+		pid := supervisorPID(t, stateDir)
 		mustAmbit(t, 60*time.Second, "local", "down", "--state-dir", stateDir)
 		if left := ourNetnsFiles(); len(left) > 0 {
 			t.Errorf("namespaces left after down: %v", left)
@@ -240,6 +275,12 @@ func TestLocalModeDemo(t *testing.T) {
 		}
 		if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
 			t.Errorf("state directory left after down: %v", err)
+		}
+		if f, err := os.Open("/run/ambit-local.lock"); err == nil {
+			if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+				t.Errorf("mesh lock still held after down: %v", err)
+			}
+			f.Close()
 		}
 		if after := hostLinks(t); after != linksBefore {
 			t.Errorf("host interfaces changed: before %s, after %s", linksBefore, after)
@@ -271,6 +312,25 @@ func TestLocalUpRejectsBadConfig(t *testing.T) {
 	if out, err := ambit(t, 10*time.Second, "local", "status", "--state-dir", stateDir); err == nil || !strings.Contains(out, "no local mesh is running") {
 		t.Errorf("status without a mesh: %v %s", err, out)
 	}
+}
+
+// supervisorPID reads the supervisor's PID from its pid file ("PID
+// STARTTIME"); 0 if there is none.
+func supervisorPID(t *testing.T, stateDir string) int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(stateDir, "supervisor.pid"))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) != 2 {
+		t.Fatalf("pid file %q: want \"PID STARTTIME\"", data)
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatalf("pid file %q: %v", data, err)
+	}
+	return pid
 }
 
 func asExit(err error, target **exec.ExitError) bool {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -26,22 +27,66 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e tests need root (they create network namespaces); run them with sudo or through ./scripts/test.sh")
 		os.Exit(1)
 	}
+	// Local meshes use machine-wide names: runs of these tests queue.
+	unlock, err := e2eLock(8 * time.Minute)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := run(m)
+	unlock()
+	os.Exit(code)
+}
+
+// e2eLockPath serializes e2e runs on one machine (the file stays, empty).
+const e2eLockPath = "/run/ambit-e2e.lock"
+
+// e2eLock waits up to timeout for the machine-wide e2e lock.
+func e2eLock(timeout time.Duration) (unlock func(), err error) {
+	f, err := os.OpenFile(e2eLockPath, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("e2e lock: %w", err)
+	}
+	deadline := time.Now().Add(timeout)
+	for said := false; ; {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if err != syscall.EWOULDBLOCK {
+			f.Close()
+			return nil, fmt.Errorf("e2e lock %s: %w", e2eLockPath, err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("e2e lock %s: another e2e run held it for over %s", e2eLockPath, timeout)
+		}
+		if !said {
+			fmt.Fprintf(os.Stderr, "waiting for another e2e run to finish (lock %s)\n", e2eLockPath)
+			said = true
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func run(m *testing.M) int {
 	binDir = os.Getenv("AMBIT_BIN_DIR")
 	if binDir == "" {
 		dir, err := os.MkdirTemp("", "ambit-e2e-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+			return 1
 		}
+		defer os.RemoveAll(dir)
 		cmd := exec.Command("make", "-C", repoRoot(), "build", "BIN="+dir)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building binaries:", err)
-			os.Exit(1)
+			return 1
 		}
 		binDir = dir
 	}
-	os.Exit(m.Run())
+	return m.Run()
 }
 
 func repoRoot() string {
