@@ -1,11 +1,3 @@
-// Package hbone implements HBONE, the ambient mesh's tunnel: one HTTP/2
-// CONNECT stream per proxied TCP connection, over mutual TLS 1.3 (ALPN h2,
-// no SNI, no resumption) on port 15008. It has a server, which answers
-// CONNECT with upstream's exact status codes (200, 400, 401, 503) after a
-// caller-supplied handler has authorized and connected the stream, and a
-// client pool, which multiplexes up to 100 streams per connection among
-// connections that share source identity, expected destination identities,
-// source IP and destination address.
 package hbone
 
 import (

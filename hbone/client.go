@@ -2,9 +2,7 @@ package hbone
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,14 +10,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/sys/unix"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/identity"
 )
@@ -29,9 +25,6 @@ const (
 	DefaultMaxStreamsPerConn = 100
 	DefaultIdleTimeout       = 5 * time.Minute
 	DialTimeout              = 10 * time.Second
-	tcpKeepaliveIdle         = 180 * time.Second
-	tcpKeepaliveInterval     = 180 * time.Second
-	tcpKeepaliveCount        = 9
 )
 
 // Key selects the connections a stream may share: streams multiplex only
@@ -52,38 +45,52 @@ func (k Key) String() string {
 	return k.Src.String() + "|" + strings.Join(ids, ",") + "|" + k.SrcIP.String() + "|" + k.DstAddr.String()
 }
 
-// Pool dials HBONE streams, reusing connections per Key.
+// Pool dials HBONE streams, reusing connections per Key: up to
+// MaxStreamsPerConn streams (and no more than the server allows) share a
+// connection, then another connection is opened for the key.
 type Pool struct {
 	// TLSConfig returns the client TLS configuration for a key: the source
-	// identity's certificate and the expected destination identities (see
-	// identity.ClientTLSConfig).
+	// identity's certificate and verification of the server against the
+	// expected destination identities (see identity.ClientTLSConfig). The
+	// pool forces TLS 1.3, ALPN h2, no SNI and no resumption on a copy, and
+	// also checks the server's identity against Key.Dst when it is set.
 	TLSConfig func(ctx context.Context, k Key) (*tls.Config, error)
-	// Control, if set, is applied to every socket before it connects.
+	// Control, if set, is applied to every socket before it connects (for
+	// example SO_MARK). It is not used when DialTCP is set.
 	Control func(network, address string, c syscall.RawConn) error
 	// DialTCP, if set, opens the TCP connection instead of a plain dialer
 	// (ztunnel creates the socket inside the pod's network namespace, with
-	// its mark).
+	// its mark). TCP options are applied to what it returns.
 	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 	// MaxStreamsPerConn caps streams per connection (default 100).
 	MaxStreamsPerConn int
 	// IdleTimeout releases connections unused this long (default 5 min).
 	IdleTimeout time.Duration
-	Logger      *slog.Logger
+	// KeepaliveInterval and KeepaliveTimeout override the PING keepalive
+	// (defaults 10 s and 20 s).
+	KeepaliveInterval, KeepaliveTimeout time.Duration
+	Logger                              *slog.Logger
 
-	once      sync.Once
-	transport *http2.Transport
-	mu        sync.Mutex
-	conns     map[string][]*poolConn
-	dialing   map[string]chan struct{}
-	closed    bool
-	stopReap  chan struct{}
+	once     sync.Once
+	bufs     *buffers
+	mu       sync.Mutex
+	conns    map[string][]*poolConn
+	dialing  map[string]*dialCall
+	closed   bool
+	stopReap chan struct{}
 }
 
 type poolConn struct {
-	cc       *http2.ClientConn
-	raw      net.Conn
-	active   int // streams we have open on it
+	c        *conn
+	key      string
+	peer     identity.SPIFFE
+	active   int // streams handed out and not yet closed
 	lastUsed time.Time
+}
+
+type dialCall struct {
+	done chan struct{}
+	err  error
 }
 
 func (p *Pool) init() {
@@ -94,53 +101,45 @@ func (p *Pool) init() {
 		if p.IdleTimeout <= 0 {
 			p.IdleTimeout = DefaultIdleTimeout
 		}
+		if p.KeepaliveInterval <= 0 {
+			p.KeepaliveInterval = KeepaliveInterval
+		}
+		if p.KeepaliveTimeout <= 0 {
+			p.KeepaliveTimeout = KeepaliveTimeout
+		}
 		if p.Logger == nil {
 			p.Logger = slog.New(slog.DiscardHandler)
 		}
-		t1 := &http.Transport{HTTP2: &http.HTTP2Config{
-			MaxReadFrameSize:              MaxFrameSize,
-			MaxReceiveBufferPerConnection: ConnWindow,
-			MaxReceiveBufferPerStream:     StreamWindow,
-			SendPingTimeout:               KeepaliveInterval,
-			PingTimeout:                   KeepaliveTimeout,
-		}}
-		t2, err := http2.ConfigureTransports(t1)
-		if err != nil {
-			// Only fails for a transport already configured; ours is new.
-			t2 = &http2.Transport{}
-		}
-		t2.MaxHeaderListSize = ClientMaxHeaderBytes
-		t2.MaxReadFrameSize = MaxFrameSize
-		t2.ReadIdleTimeout = KeepaliveInterval
-		t2.PingTimeout = KeepaliveTimeout
-		t2.DisableCompression = true
-		p.transport = t2
+		p.bufs = newBuffers()
 		p.conns = map[string][]*poolConn{}
-		p.dialing = map[string]chan struct{}{}
+		p.dialing = map[string]*dialCall{}
 		p.stopReap = make(chan struct{})
 		go p.reap()
 	})
 }
 
-// Close closes every pooled connection.
+// Close closes every pooled connection; streams on them fail.
 func (p *Pool) Close() {
 	p.init()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.closed {
+		p.mu.Unlock()
 		return
 	}
 	p.closed = true
 	close(p.stopReap)
-	for k, list := range p.conns {
-		for _, pc := range list {
-			pc.cc.Close()
-		}
-		delete(p.conns, k)
+	var all []*poolConn
+	for _, list := range p.conns {
+		all = append(all, list...)
+	}
+	p.conns = map[string][]*poolConn{}
+	p.mu.Unlock()
+	for _, pc := range all {
+		pc.c.close(errors.New("hbone: pool closed"))
 	}
 }
 
-// Stats reports the connections per key and their open streams.
+// Stats reports, per key, the open streams of each pooled connection.
 func (p *Pool) Stats() map[string][]int {
 	p.init()
 	p.mu.Lock()
@@ -154,7 +153,7 @@ func (p *Pool) Stats() map[string][]int {
 	return out
 }
 
-// reap releases idle connections and forgets dead ones.
+// reap releases connections idle longer than IdleTimeout.
 func (p *Pool) reap() {
 	tick := time.NewTicker(min(p.IdleTimeout/4, 30*time.Second))
 	defer tick.Stop()
@@ -164,95 +163,82 @@ func (p *Pool) reap() {
 			return
 		case <-tick.C:
 		}
+		var idle []*poolConn
 		p.mu.Lock()
-		for k, list := range p.conns {
-			keep := list[:0]
+		for _, list := range p.conns {
 			for _, pc := range list {
-				idle := pc.active == 0 && time.Since(pc.lastUsed) > p.IdleTimeout
-				dead := pc.active == 0 && !pc.cc.CanTakeNewRequest()
-				if idle || dead {
-					pc.cc.Close()
-					continue
+				if pc.active == 0 && time.Since(pc.lastUsed) > p.IdleTimeout {
+					idle = append(idle, pc)
 				}
-				keep = append(keep, pc)
-			}
-			if len(keep) == 0 {
-				delete(p.conns, k)
-			} else {
-				p.conns[k] = keep
 			}
 		}
+		for _, pc := range idle {
+			p.removeLocked(pc)
+		}
 		p.mu.Unlock()
+		for _, pc := range idle {
+			p.Logger.Debug("HBONE connection released after idling", "key", pc.key)
+			pc.c.close(nil)
+		}
+	}
+}
+
+func (p *Pool) removeLocked(pc *poolConn) {
+	list := p.conns[pc.key]
+	for i, x := range list {
+		if x == pc {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(p.conns, pc.key)
+	} else {
+		p.conns[pc.key] = list
 	}
 }
 
 // Dial opens a CONNECT stream to target (the :authority, "ip:port") through
 // the HBONE endpoint of key, reusing a pooled connection when one has room.
+// header carries forwarded and baggage; a traceparent is added when it has
+// none. A status other than 200 is a *StatusError.
 func (p *Pool) Dial(ctx context.Context, key Key, target string, header http.Header) (*Conn, error) {
 	p.init()
 	if _, err := ParseAuthority(target); err != nil {
-		return nil, fmt.Errorf("hbone: %w", err)
+		return nil, fmt.Errorf("hbone: CONNECT via %s: %w", key.DstAddr, err)
 	}
-	pc, err := p.get(ctx, key)
+	fields, err := requestFields(target, header)
 	if err != nil {
 		return nil, err
 	}
-	pr, pw := io.Pipe()
-	req := &http.Request{
-		Method: http.MethodConnect,
-		URL:    &url.URL{Scheme: "https", Host: target},
-		Host:   target,
-		Header: header.Clone(),
-		Body:   pr,
+	if header.Get("Traceparent") == "" {
+		fields = append(fields, hpack.HeaderField{Name: "traceparent", Value: NewTraceparent()})
 	}
-	if req.Header == nil {
-		req.Header = http.Header{}
-	}
-	req = req.WithContext(context.WithoutCancel(ctx)) // the stream outlives the dial
-	type result struct {
-		resp *http.Response
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		resp, err := pc.cc.RoundTrip(req)
-		done <- result{resp, err}
-	}()
-	var res result
-	select {
-	case res = <-done:
-	case <-ctx.Done():
-		pw.CloseWithError(ctx.Err())
-		go func() {
-			if r := <-done; r.resp != nil {
-				r.resp.Body.Close()
+	for attempt := 0; ; attempt++ {
+		pc, err := p.get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		s, err := pc.c.openStream(ctx, fields)
+		if err != nil {
+			p.release(pc)
+			// No user byte has been sent: a stream that got no answer can
+			// be retried on another connection.
+			if ctx.Err() == nil && attempt < 2 {
+				p.Logger.Debug("HBONE CONNECT retried", "target", target, "via", key.DstAddr, "error", err)
+				continue
 			}
-		}()
-		p.release(key, pc)
-		return nil, fmt.Errorf("hbone: CONNECT %s via %s: %w", target, key.DstAddr, ctx.Err())
+			return nil, fmt.Errorf("hbone: CONNECT %s via %s: %w", target, key.DstAddr, err)
+		}
+		if s.status != http.StatusOK {
+			s.Close()
+			p.release(pc)
+			return nil, &StatusError{Code: s.status, Reason: fmt.Sprintf("CONNECT %s via %s refused", target, key.DstAddr)}
+		}
+		c := &Conn{s: s, Peer: pc.peer, Header: s.respHeader, local: pc.c.nc.LocalAddr(), remote: pc.c.nc.RemoteAddr()}
+		c.onClose = func() { p.release(pc) }
+		return c, nil
 	}
-	if res.err != nil {
-		pw.Close()
-		p.release(key, pc)
-		return nil, fmt.Errorf("hbone: CONNECT %s via %s: %w", target, key.DstAddr, res.err)
-	}
-	if res.resp.StatusCode != http.StatusOK {
-		res.resp.Body.Close()
-		pw.Close()
-		p.release(key, pc)
-		return nil, &StatusError{Code: res.resp.StatusCode, Reason: fmt.Sprintf("CONNECT %s via %s refused", target, key.DstAddr)}
-	}
-	c := &Conn{body: res.resp.Body, pw: pw, local: pc.raw.LocalAddr(), remote: pc.raw.RemoteAddr(), Peer: peerOf(res.resp.TLS)}
-	c.onClose = func() { p.release(key, pc) }
-	return c, nil
-}
-
-func peerOf(cs *tls.ConnectionState) identity.SPIFFE {
-	if cs == nil {
-		return identity.SPIFFE{}
-	}
-	id, _ := identity.PeerIdentity(*cs)
-	return id
 }
 
 // get returns a connection for key with a stream reserved on it.
@@ -265,57 +251,80 @@ func (p *Pool) get(ctx context.Context, key Key) (*poolConn, error) {
 			return nil, errors.New("hbone: pool closed")
 		}
 		for _, pc := range p.conns[k] {
-			if pc.active < p.MaxStreamsPerConn && pc.cc.ReserveNewRequest() {
+			if pc.active < p.MaxStreamsPerConn && pc.c.reserve() {
 				pc.active++
 				pc.lastUsed = time.Now()
 				p.mu.Unlock()
 				return pc, nil
 			}
 		}
-		if wait, ok := p.dialing[k]; ok {
+		if call, ok := p.dialing[k]; ok {
 			p.mu.Unlock()
 			select {
-			case <-wait:
+			case <-call.done:
+				if call.err != nil {
+					return nil, call.err
+				}
 				continue
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, fmt.Errorf("hbone: waiting for a connection to %s: %w", key.DstAddr, ctx.Err())
 			}
 		}
-		wait := make(chan struct{})
-		p.dialing[k] = wait
+		call := &dialCall{done: make(chan struct{})}
+		p.dialing[k] = call
 		p.mu.Unlock()
 
 		pc, err := p.dial(ctx, key)
 
 		p.mu.Lock()
 		delete(p.dialing, k)
-		close(wait)
+		if err != nil && ctx.Err() == nil {
+			call.err = err // the others would fail the same way
+		}
+		close(call.done)
 		if err != nil {
 			p.mu.Unlock()
 			return nil, err
 		}
 		if p.closed {
 			p.mu.Unlock()
-			pc.cc.Close()
+			pc.c.close(nil)
 			return nil, errors.New("hbone: pool closed")
 		}
-		pc.active = 1
+		pc.key = k
 		pc.lastUsed = time.Now()
 		p.conns[k] = append(p.conns[k], pc)
-		p.mu.Unlock()
-		if !pc.cc.ReserveNewRequest() {
-			p.release(key, pc)
-			continue
+		if pc.c.reserve() {
+			pc.active = 1
+			p.mu.Unlock()
+			return pc, nil
 		}
-		return pc, nil
+		p.mu.Unlock()
 	}
 }
 
-func (p *Pool) release(key Key, pc *poolConn) {
+func (p *Pool) release(pc *poolConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pc.active--
 	pc.lastUsed = time.Now()
+}
+
+// clientTLS pins HBONE's client profile on a copy of conf.
+func clientTLS(conf *tls.Config) (*tls.Config, error) {
+	if conf == nil {
+		return nil, errors.New("no TLS configuration")
+	}
+	if conf.InsecureSkipVerify && conf.VerifyPeerCertificate == nil && conf.VerifyConnection == nil {
+		return nil, errors.New("the TLS configuration verifies no server certificate")
+	}
+	c := conf.Clone()
+	c.MinVersion, c.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
+	c.NextProtos = []string{"h2"}
+	c.ServerName = ""
+	c.ClientSessionCache = nil
+	c.SessionTicketsDisabled = true
+	return c, nil
 }
 
 // dial opens a new TLS + HTTP/2 connection for key.
@@ -323,24 +332,82 @@ func (p *Pool) dial(ctx context.Context, key Key) (*poolConn, error) {
 	if !key.DstAddr.IsValid() {
 		return nil, errors.New("hbone: no destination address")
 	}
+	if p.TLSConfig == nil {
+		return nil, errors.New("hbone: Pool.TLSConfig is nil")
+	}
 	conf, err := p.TLSConfig(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("hbone: TLS for %s: %w", key.Src, err)
 	}
+	if conf, err = clientTLS(conf); err != nil {
+		return nil, fmt.Errorf("hbone: TLS for %s: %w", key.Src, err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, DialTimeout)
+	defer cancel()
+	raw, err := p.dialTCP(dctx, key)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && key.DstAddr.Port() == Port {
+			return nil, fmt.Errorf("hbone: connecting to %s timed out (maybe a NetworkPolicy is blocking HBONE port %d): %w", key.DstAddr, Port, err)
+		}
+		return nil, fmt.Errorf("hbone: connecting to %s: %w", key.DstAddr, err)
+	}
+	setSocketOptions(raw)
+	bc := &batchConn{Conn: raw, pool: &p.bufs.batches}
+	tc := tls.Client(bc, conf)
+	if err := tc.HandshakeContext(dctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("hbone: TLS handshake with %s: %w", key.DstAddr, err)
+	}
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != "h2" {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: %s did not negotiate h2", key.DstAddr)
+	}
+	peer, err := identity.PeerIdentity(cs)
+	if err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: server %s: %w", key.DstAddr, err)
+	}
+	if len(key.Dst) > 0 {
+		if err := identity.CheckExpected(peer, key.Dst); err != nil {
+			tc.Close()
+			return nil, fmt.Errorf("hbone: server %s: %w", key.DstAddr, err)
+		}
+	}
+	pc := &poolConn{peer: peer}
+	c := newConn(tc, raw, connConfig{
+		maxHeaderList:    ClientMaxHeaderBytes,
+		streamWindow:     StreamWindow,
+		connWindow:       ConnWindow,
+		maxFrame:         MaxFrameSize,
+		keepalive:        p.KeepaliveInterval,
+		keepaliveTimeout: p.KeepaliveTimeout,
+		logger:           p.Logger.With("peer", key.DstAddr.String()),
+		buffers:          p.bufs,
+		onClose: func(*conn) {
+			p.mu.Lock()
+			p.removeLocked(pc)
+			p.mu.Unlock()
+		},
+	})
+	pc.c = c
+	c.batch = bc
+	if err := c.startConn(); err != nil {
+		return nil, fmt.Errorf("hbone: HTTP/2 with %s: %w", key.DstAddr, err)
+	}
+	go c.readLoop()
+	p.Logger.Debug("HBONE connection", "key", key.String())
+	return pc, nil
+}
+
+func (p *Pool) dialTCP(ctx context.Context, key Key) (net.Conn, error) {
+	if p.DialTCP != nil {
+		return p.DialTCP(ctx, "tcp", key.DstAddr.String())
+	}
 	d := &net.Dialer{
-		Timeout:         DialTimeout,
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: tcpKeepaliveIdle, Interval: tcpKeepaliveInterval, Count: tcpKeepaliveCount},
 		Control: func(network, address string, c syscall.RawConn) error {
-			var serr error
-			if err := c.Control(func(fd uintptr) {
-				ms := int((tcpKeepaliveIdle + tcpKeepaliveInterval*tcpKeepaliveCount) / time.Millisecond)
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ms)
-			}); err != nil {
-				return err
-			}
-			if serr != nil {
-				return serr
-			}
 			if p.Control != nil {
 				return p.Control(network, address, c)
 			}
@@ -350,65 +417,47 @@ func (p *Pool) dial(ctx context.Context, key Key) (*poolConn, error) {
 	if key.SrcIP.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: key.SrcIP.AsSlice()}
 	}
-	dialFn := d.DialContext
-	if p.DialTCP != nil {
-		dialFn = p.DialTCP
-	}
-	dctx, cancel := context.WithTimeout(ctx, DialTimeout)
-	defer cancel()
-	raw, err := dialFn(dctx, "tcp", key.DstAddr.String())
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && key.DstAddr.Port() == Port {
-			return nil, fmt.Errorf("hbone: connecting to %s timed out (maybe a NetworkPolicy is blocking HBONE port %d): %w", key.DstAddr, Port, err)
-		}
-		return nil, fmt.Errorf("hbone: connecting to %s: %w", key.DstAddr, err)
-	}
-	conf = conf.Clone()
-	conf.NextProtos = []string{"h2"}
-	conf.ServerName = ""
-	tc := tls.Client(raw, conf)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("hbone: TLS handshake with %s: %w", key.DstAddr, err)
-	}
-	if tc.ConnectionState().NegotiatedProtocol != "h2" {
-		tc.Close()
-		return nil, fmt.Errorf("hbone: %s did not negotiate h2", key.DstAddr)
-	}
-	cc, err := p.transport.NewClientConn(tc)
-	if err != nil {
-		tc.Close()
-		return nil, fmt.Errorf("hbone: HTTP/2 with %s: %w", key.DstAddr, err)
-	}
-	p.Logger.Debug("HBONE connection", "key", key.String())
-	return &poolConn{cc: cc, raw: tc}, nil
+	return d.DialContext(ctx, "tcp", key.DstAddr.String())
 }
 
-// Conn is one HBONE stream, usable as a net.Conn.
+// Conn is one HBONE stream, usable as a net.Conn. Close it when done: that
+// returns its slot to the pool.
 type Conn struct {
-	body          io.ReadCloser
-	pw            *io.PipeWriter
-	local, remote net.Addr
+	s *stream
 	// Peer is the identity the server proved in the TLS handshake.
 	Peer identity.SPIFFE
-
-	closeOnce sync.Once
-	onClose   func()
+	// Header holds the 200 response's headers (for example baggage).
+	Header        http.Header
+	local, remote net.Addr
+	once          sync.Once
+	onClose       func()
 }
 
-func (c *Conn) Read(b []byte) (int, error)  { return c.body.Read(b) }
-func (c *Conn) Write(b []byte) (int, error) { return c.pw.Write(b) }
+var (
+	_ net.Conn      = (*Conn)(nil)
+	_ io.WriterTo   = (*Conn)(nil)
+	_ io.ReaderFrom = (*Conn)(nil)
+)
+
+func (c *Conn) Read(b []byte) (int, error)  { return c.s.Read(b) }
+func (c *Conn) Write(b []byte) (int, error) { return c.s.Write(b) }
+
+// WriteTo copies what the server sends to w until it ends the stream,
+// straight from the receive buffer (io.Copy uses it).
+func (c *Conn) WriteTo(w io.Writer) (int64, error) { return c.s.WriteTo(w) }
+
+// ReadFrom sends what r yields until EOF, without ending the stream.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) { return c.s.ReadFrom(r) }
 
 // CloseWrite ends the stream in the client-to-server direction
-// (END_STREAM); the server half-closes its upstream.
-func (c *Conn) CloseWrite() error { return c.pw.Close() }
+// (END_STREAM); the server half-closes its upstream. Reading goes on.
+func (c *Conn) CloseWrite() error { return c.s.CloseWrite() }
 
-// Close ends the stream both ways.
+// Close ends the stream both ways (RST_STREAM if either side had not
+// finished) and returns its slot to the pool.
 func (c *Conn) Close() error {
-	c.closeOnce.Do(func() {
-		c.pw.CloseWithError(net.ErrClosed)
-		c.body.Close()
+	c.once.Do(func() {
+		c.s.Close()
 		if c.onClose != nil {
 			c.onClose()
 		}
@@ -416,55 +465,18 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-func (c *Conn) LocalAddr() net.Addr                { return c.local }
-func (c *Conn) RemoteAddr() net.Addr               { return c.remote }
-func (c *Conn) SetDeadline(t time.Time) error      { return errors.ErrUnsupported }
-func (c *Conn) SetReadDeadline(t time.Time) error  { return errors.ErrUnsupported }
-func (c *Conn) SetWriteDeadline(t time.Time) error { return errors.ErrUnsupported }
+func (c *Conn) LocalAddr() net.Addr  { return c.local }
+func (c *Conn) RemoteAddr() net.Addr { return c.remote }
 
-// NewTraceparent returns a W3C traceparent with random ids, as ztunnel sets
-// per outbound connection (it doubles as a connection id in logs).
-func NewTraceparent() string {
-	var b [24]byte
-	_, _ = rand.Read(b[:])
-	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-00"
+// SetDeadline sets both deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.s.SetReadDeadline(t)
+	return c.s.SetWriteDeadline(t)
 }
 
-// Forwarded returns the forwarded header value for a client address, with
-// host set when the original destination was a service.
-func Forwarded(src netip.AddrPort, host string) string {
-	v := `for="` + src.String() + `"`
-	if host != "" {
-		v += ";host=" + host
-	}
-	return v
-}
+// SetReadDeadline bounds reads.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.s.SetReadDeadline(t) }
 
-// BaggageInfo describes the source workload in the baggage header.
-type BaggageInfo struct {
-	Cluster, Namespace         string
-	WorkloadType, WorkloadName string // WorkloadType: deployment, cronjob, pod or job
-	Service, Version           string
-	Region, Zone               string
-}
-
-// Baggage returns the baggage header value ztunnel sends: comma-joined
-// key=value pairs, absent keys omitted.
-func Baggage(b BaggageInfo) string {
-	var parts []string
-	add := func(k, v string) {
-		if v != "" {
-			parts = append(parts, k+"="+v)
-		}
-	}
-	add("k8s.cluster.name", b.Cluster)
-	add("k8s.namespace.name", b.Namespace)
-	if b.WorkloadType != "" {
-		add("k8s."+b.WorkloadType+".name", b.WorkloadName)
-	}
-	add("service.name", b.Service)
-	add("service.version", b.Version)
-	add("cloud.region", b.Region)
-	add("cloud.availability_zone", b.Zone)
-	return strings.Join(parts, ",")
-}
+// SetWriteDeadline bounds waiting for flow-control credit; a write already
+// handed to the connection completes with it.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.s.SetWriteDeadline(t) }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -11,8 +12,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,84 +24,170 @@ import (
 	"github.com/ambit-mesh/ambit/identity/identitytest"
 )
 
-// env is a CA, an HBONE server in front of a TCP echo upstream, and a pool.
+// Target ports the test handler treats specially.
+const (
+	portDeny      = 401  // policy denial: 401
+	portUnknown   = 503  // unknown workload: 503
+	portTeapot    = 418  // a status HBONE never sends: becomes 503
+	portRefused   = 1    // upstream connect fails: 503
+	portBanner    = 7    // upstream writes a banner, half-closes, counts what it reads
+	portRSTUpstrm = 9    // upstream aborts with a TCP reset after the banner
+	portEcho      = 8080 // anything else: echo
+)
+
+// env is a CA, an HBONE server in front of in-process upstreams, and a pool.
 type env struct {
 	ca        *identitytest.CA
 	serverID  identity.SPIFFE
 	clientID  identity.SPIFFE
 	srv       *Server
 	addr      netip.AddrPort // HBONE listener
+	accepts   *atomic.Int32  // TCP connections the HBONE listener accepted
 	echo      string         // upstream echo address
+	banner    string         // upstream banner address
+	bannerGot chan int64     // bytes the banner upstream read before EOF
+	rst       string         // upstream that resets
 	pool      *Pool
 	lastReq   chan *Request
 	serverTLS *tls.Config
 }
 
-func startEcho(t *testing.T) string {
+// countingListener counts accepted connections.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int32
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// noLeaks fails the test if goroutines started during it outlive it.
+func noLeaks(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				t.Errorf("%d goroutines before, %d after:\n%s", before, runtime.NumGoroutine(), buf[:n])
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+func serveTCP(t testing.TB, handle func(*net.TCPConn)) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
+			wg.Add(1)
 			go func() {
+				defer wg.Done()
 				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				handle(c.(*net.TCPConn))
 			}()
 		}
 	}()
 	return l.Addr().String()
 }
 
-// handler connects to the echo upstream, refusing some targets with the
-// codes the tests expect.
+// handler connects to the upstreams, refusing some targets with the codes
+// the tests expect.
 func (e *env) handler() Handler {
 	return HandlerFunc(func(ctx context.Context, r *Request) (net.Conn, error) {
 		select {
 		case e.lastReq <- r:
 		default:
 		}
+		addr := e.echo
 		switch r.Target.Port {
-		case 401:
+		case portDeny:
 			return nil, &StatusError{Code: http.StatusUnauthorized, Reason: "denied by policy demo/deny"}
-		case 503:
+		case portUnknown:
 			return nil, &StatusError{Code: http.StatusServiceUnavailable, Reason: "unknown workload"}
-		case 1:
+		case portTeapot:
+			return nil, &StatusError{Code: http.StatusTeapot, Reason: "not an HBONE status"}
+		case portRefused:
 			return nil, errors.New("connection refused")
+		case portBanner:
+			addr = e.banner
+		case portRSTUpstrm:
+			addr = e.rst
 		}
-		return (&net.Dialer{}).DialContext(ctx, "tcp", e.echo)
+		r.ResponseHeader = http.Header{"Baggage": {"k8s.namespace.name=demo"}}
+		return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 	})
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ca := identitytest.NewCA(t, "cluster.local")
-	e := &env{ca: ca, serverID: ca.ID("demo", "echo"), clientID: ca.ID("demo", "client"), echo: startEcho(t), lastReq: make(chan *Request, 1)}
+	e := &env{ca: ca, serverID: ca.ID("demo", "echo"), clientID: ca.ID("demo", "client"), lastReq: make(chan *Request, 1),
+		bannerGot: make(chan int64, 1), accepts: new(atomic.Int32)}
+	e.echo = serveTCP(t, func(c *net.TCPConn) {
+		io.Copy(c, c)
+		c.CloseWrite()
+	})
+	e.banner = serveTCP(t, func(c *net.TCPConn) {
+		c.Write([]byte("banner\n"))
+		c.CloseWrite()
+		n, _ := io.Copy(io.Discard, c)
+		e.bannerGot <- n
+	})
+	e.rst = serveTCP(t, func(c *net.TCPConn) {
+		c.Write([]byte("banner\n"))
+		time.Sleep(50 * time.Millisecond)
+		c.SetLinger(0) // close with RST
+	})
 	serverCert := ca.Issue(t, e.serverID, time.Hour)
-	e.serverTLS = identity.ServerTLSConfig(func() (*tls.Certificate, error) { return serverCert, nil },
-		func() *identity.Bundle { return ca.Bundle() }, "cluster.local", nil)
+	e.serverTLS = identity.ServerTLSConfig(identity.StaticCert(serverCert), identity.StaticBundle(ca.Bundle()), "cluster.local", nil)
 	e.srv = &Server{TLSConfig: e.serverTLS, Handler: e.handler()}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.addr = netip.MustParseAddrPort(l.Addr().String())
-	go e.srv.Serve(l)
-	t.Cleanup(func() { e.srv.Close() })
+	e.addr = e.serve(t, e.srv, "127.0.0.1:0")
 	clientCert := ca.Issue(t, e.clientID, time.Hour)
 	e.pool = &Pool{TLSConfig: func(_ context.Context, k Key) (*tls.Config, error) {
-		return identity.ClientTLSConfig(func() (*tls.Certificate, error) { return clientCert, nil },
-			func() *identity.Bundle { return ca.Bundle() }, k.Dst, nil), nil
+		return identity.ClientTLSConfig(identity.StaticCert(clientCert), identity.StaticBundle(ca.Bundle()), k.Dst, nil), nil
 	}}
 	t.Cleanup(e.pool.Close)
 	return e
+}
+
+// serve runs srv on a new counted listener at addr.
+func (e *env) serve(t testing.TB, srv *Server, addr string) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(countingListener{l, e.accepts}); !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return netip.MustParseAddrPort(l.Addr().String())
 }
 
 func (e *env) key() Key {
@@ -110,9 +200,21 @@ func dialCtx(t *testing.T) context.Context {
 	return ctx
 }
 
+func (e *env) dial(t *testing.T, target string) *Conn {
+	t.Helper()
+	c, err := e.pool.Dial(dialCtx(t), e.key(), target, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", target, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestRoundTripAndHalfClose(t *testing.T) {
+	noLeaks(t)
 	e := newEnv(t)
-	hdr := http.Header{"Traceparent": {NewTraceparent()}, "Forwarded": {Forwarded(netip.MustParseAddrPort("10.0.0.1:1234"), "")}}
+	hdr := http.Header{"Forwarded": {Forwarded(netip.MustParseAddrPort("10.0.0.1:1234"), "")},
+		"Baggage": {Baggage(BaggageInfo{Namespace: "demo", WorkloadType: "pod", WorkloadName: "client"})}}
 	c, err := e.pool.Dial(dialCtx(t), e.key(), "10.244.1.5:8080", hdr)
 	if err != nil {
 		t.Fatal(err)
@@ -121,14 +223,21 @@ func TestRoundTripAndHalfClose(t *testing.T) {
 	if c.Peer != e.serverID {
 		t.Errorf("client saw server %v, want %v", c.Peer, e.serverID)
 	}
+	if got := c.Header.Get("Baggage"); got != "k8s.namespace.name=demo" {
+		t.Errorf("response baggage %q", got)
+	}
 	r := <-e.lastReq
-	if r.Peer != e.clientID || r.Target.String() != "10.244.1.5:8080" || r.Header.Get("Forwarded") != `for="10.0.0.1:1234"` || !strings.HasPrefix(r.Header.Get("Traceparent"), "00-") {
+	if r.Peer != e.clientID || r.Target.String() != "10.244.1.5:8080" || r.Header.Get("Forwarded") != `for="10.0.0.1:1234"` ||
+		r.Header.Get("Baggage") != "k8s.namespace.name=demo,k8s.pod.name=client" || len(r.Header.Get("Traceparent")) != 55 {
 		t.Errorf("server saw %+v", r)
 	}
 	if r.LocalAddr == nil || r.LocalAddr.String() != e.addr.String() {
 		t.Errorf("server local addr %v, want %v", r.LocalAddr, e.addr)
 	}
-	payload := bytes.Repeat([]byte("hbone!"), 200000) // 1.2 MB, larger than one window update
+	if _, ok := r.RemoteAddr.(*net.TCPAddr); !ok {
+		t.Errorf("server remote addr %T %v", r.RemoteAddr, r.RemoteAddr)
+	}
+	payload := bytes.Repeat([]byte("hbone!"), 200000) // 1.2 MB
 	go func() {
 		c.Write(payload)
 		c.CloseWrite() // END_STREAM: the upstream echo sees EOF and closes
@@ -142,7 +251,60 @@ func TestRoundTripAndHalfClose(t *testing.T) {
 	}
 }
 
+// TestServerHalfClosesFirst: the upstream finishes sending first; the
+// client reads EOF and can still send, and the upstream reads all of it.
+func TestServerHalfClosesFirst(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	c := e.dial(t, fmt.Sprintf("10.244.1.5:%d", portBanner))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "banner\n" {
+		t.Fatalf("read %q, %v; want the banner then EOF", got, err)
+	}
+	payload := bytes.Repeat([]byte{'x'}, 3<<20)
+	if n, err := c.Write(payload); err != nil || n != len(payload) {
+		t.Fatalf("write after the server's END_STREAM: %d, %v", n, err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-e.bannerGot:
+		if n != int64(len(payload)) {
+			t.Fatalf("upstream read %d bytes, want %d", n, len(payload))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("upstream never saw EOF")
+	}
+}
+
+// TestBulkBothWays moves more than a connection window in both directions
+// at once, through the io.Copy fast paths (ReadFrom and WriteTo).
+func TestBulkBothWays(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	c := e.dial(t, "10.244.1.5:8080")
+	const size = 24 << 20
+	src := make([]byte, size)
+	for i := range src {
+		src[i] = byte(i * 7 / 3)
+	}
+	go func() {
+		io.Copy(c, bytes.NewReader(src))
+		c.CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c)
+	if err != nil || n != size {
+		t.Fatalf("received %d bytes, %v", n, err)
+	}
+	if want := sha256.Sum256(src); !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatal("payload corrupted")
+	}
+}
+
 func TestManyStreamsShareOneConnection(t *testing.T) {
+	noLeaks(t)
 	e := newEnv(t)
 	var wg sync.WaitGroup
 	conns := make([]*Conn, 50)
@@ -165,6 +327,9 @@ func TestManyStreamsShareOneConnection(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	if n := e.accepts.Load(); n != 1 {
+		t.Errorf("%d TCP connections, want 1", n)
+	}
 	stats := e.pool.Stats()[e.key().String()]
 	if len(stats) != 1 || stats[0] != 50 {
 		t.Fatalf("pool = %v, want one connection with 50 streams", stats)
@@ -180,14 +345,13 @@ func TestManyStreamsShareOneConnection(t *testing.T) {
 }
 
 func TestPoolGrowsPast100Streams(t *testing.T) {
+	noLeaks(t)
 	e := newEnv(t)
-	var conns []*Conn
 	for i := 0; i < 101; i++ {
-		c, err := e.pool.Dial(dialCtx(t), e.key(), "10.244.1.5:8080", nil)
-		if err != nil {
-			t.Fatalf("stream %d: %v", i, err)
-		}
-		conns = append(conns, c)
+		e.dial(t, "10.244.1.5:8080")
+	}
+	if n := e.accepts.Load(); n != 2 {
+		t.Errorf("%d TCP connections, want 2", n)
 	}
 	stats := e.pool.Stats()[e.key().String()]
 	if len(stats) != 2 || stats[0] != 100 || stats[1] != 1 {
@@ -200,68 +364,95 @@ func TestPoolGrowsPast100Streams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(e.pool.Stats()[other.String()]) != 1 {
+	defer c.Close()
+	if len(e.pool.Stats()[other.String()]) != 1 || e.accepts.Load() != 3 {
 		t.Errorf("a different key reused a connection")
 	}
-	c.Close()
-	for _, c := range conns {
-		c.Close()
+}
+
+// TestPeerStreamLimit: the server's SETTINGS_MAX_CONCURRENT_STREAMS caps
+// a connection below the pool's own limit.
+func TestPeerStreamLimit(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	srv := &Server{TLSConfig: e.serverTLS, Handler: e.handler(), MaxStreams: 3}
+	e.addr = e.serve(t, srv, "127.0.0.1:0")
+	first := e.dial(t, "10.244.1.5:8080") // learns the limit from SETTINGS
+	first.Write([]byte("x"))
+	first.Read(make([]byte, 1))
+	for i := 0; i < 3; i++ {
+		e.dial(t, "10.244.1.5:8080")
+	}
+	if stats := e.pool.Stats()[e.key().String()]; len(stats) != 2 || stats[0] != 3 || stats[1] != 1 {
+		t.Fatalf("pool = %v, want [3 1]", stats)
 	}
 }
 
 func TestStatusCodes(t *testing.T) {
+	noLeaks(t)
 	e := newEnv(t)
-	tests := []struct {
+	for _, tc := range []struct {
+		name   string
 		target string
 		code   int
 	}{
-		{"10.244.1.5:401", 401},
-		{"10.244.1.5:503", 503},
-		{"10.244.1.5:1", 503},
+		{"policy denial", "10.244.1.5:401", 401},
+		{"unknown workload", "10.244.1.5:503", 503},
+		{"upstream connect fails", "10.244.1.5:1", 503},
+		{"handler status outside HBONE's set", "10.244.1.5:418", 503},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.pool.Dial(dialCtx(t), e.key(), tc.target, nil)
+			var se *StatusError
+			if !errors.As(err, &se) || se.Code != tc.code {
+				t.Errorf("%s: err %v, want status %d", tc.target, err, tc.code)
+			}
+		})
 	}
-	for _, tc := range tests {
-		_, err := e.pool.Dial(dialCtx(t), e.key(), tc.target, nil)
-		var se *StatusError
-		if !errors.As(err, &se) || se.Code != tc.code {
-			t.Errorf("%s: err %v, want status %d", tc.target, err, tc.code)
-		}
+	if s := e.pool.Stats()[e.key().String()]; len(s) != 1 || s[0] != 0 {
+		t.Errorf("refused streams kept their slots: %v", s)
 	}
-	// Malformed requests, sent with a raw HTTP/2 client.
+	// Requests our client never sends, from Go's own HTTP/2 client.
 	raw := e.rawClient(t, e.ca.Issue(t, e.clientID, time.Hour))
 	for _, tc := range []struct {
 		method, authority string
 		code              int
 	}{
 		{"GET", "10.244.1.5:8080", 400},
+		{"POST", "10.244.1.5:8080", 400},
 		{"CONNECT", "10.244.1.5", 400},
 		{"CONNECT", "Bad_Host.example:80", 400},
 		{"CONNECT", "10.244.1.5:0", 400},
+		{"CONNECT", "[fd00::1%eth0]:80", 400},
+		{"CONNECT", "10.244.1.5:401", 401},
 		{"CONNECT", "10.244.1.5:8080", 200},
 	} {
-		var body io.Reader
-		if tc.method == "CONNECT" {
-			body, _ = io.Pipe()
-		}
-		req, _ := http.NewRequest(tc.method, "https://"+e.addr.String(), body)
-		req.Host = tc.authority
-		resp, err := raw.RoundTrip(req)
-		if err != nil {
-			t.Errorf("%s %s: %v", tc.method, tc.authority, err)
-			continue
-		}
-		resp.Body.Close()
-		if resp.StatusCode != tc.code {
-			t.Errorf("%s %s: status %d, want %d", tc.method, tc.authority, resp.StatusCode, tc.code)
-		}
+		t.Run(tc.method+" "+tc.authority, func(t *testing.T) {
+			var body io.Reader
+			if tc.method == "CONNECT" {
+				pr, pw := io.Pipe()
+				defer pw.Close()
+				body = pr
+			}
+			req, _ := http.NewRequest(tc.method, "https://"+e.addr.String(), body)
+			req.Host = tc.authority
+			resp, err := raw.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("%v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.code {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.code)
+			}
+		})
 	}
 }
 
-// rawClient is a plain HTTP/2 client with the given certificate.
+// rawClient is Go's HTTP/2 client with the given certificate.
 func (e *env) rawClient(t *testing.T, cert *tls.Certificate) *http.Transport {
 	t.Helper()
 	tr := &http.Transport{
-		TLSClientConfig: identity.ClientTLSConfig(func() (*tls.Certificate, error) { return cert, nil },
-			func() *identity.Bundle { return e.ca.Bundle() }, []identity.SPIFFE{e.serverID}, nil),
+		TLSClientConfig:   identity.ClientTLSConfig(identity.StaticCert(cert), identity.StaticBundle(e.ca.Bundle()), []identity.SPIFFE{e.serverID}, nil),
 		ForceAttemptHTTP2: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", e.addr.String())
@@ -275,12 +466,73 @@ func (e *env) rawClient(t *testing.T, cert *tls.Certificate) *http.Transport {
 }
 
 func TestServerIdentityChecked(t *testing.T) {
+	noLeaks(t)
 	e := newEnv(t)
+	someoneElse := e.ca.ID("demo", "someone-else")
 	k := e.key()
-	k.Dst = []identity.SPIFFE{e.ca.ID("demo", "someone-else")}
+	k.Dst = []identity.SPIFFE{someoneElse}
 	_, err := e.pool.Dial(dialCtx(t), k, "10.244.1.5:8080", nil)
 	if err == nil || !strings.Contains(err.Error(), "is not the expected spiffe://cluster.local/ns/demo/sa/someone-else") {
 		t.Fatalf("dial to the wrong server identity: %v", err)
+	}
+	// The pool checks Key.Dst itself, even if the TLS configuration
+	// accepts the server (here it expects the real server, whatever the key).
+	clientCert := e.ca.Issue(t, e.clientID, time.Hour)
+	anyServer := &Pool{TLSConfig: func(context.Context, Key) (*tls.Config, error) {
+		return identity.ClientTLSConfig(identity.StaticCert(clientCert), identity.StaticBundle(e.ca.Bundle()), []identity.SPIFFE{e.serverID}, nil), nil
+	}}
+	defer anyServer.Close()
+	if _, err := anyServer.Dial(dialCtx(t), k, "10.244.1.5:8080", nil); err == nil || !strings.Contains(err.Error(), "someone-else") {
+		t.Fatalf("Key.Dst not enforced: %v", err)
+	}
+	// A configuration that verifies nothing is refused before dialing.
+	insecure := &Pool{TLSConfig: func(context.Context, Key) (*tls.Config, error) {
+		return &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{*clientCert}}, nil
+	}}
+	defer insecure.Close()
+	if _, err := insecure.Dial(dialCtx(t), e.key(), "10.244.1.5:8080", nil); err == nil || !strings.Contains(err.Error(), "verifies no server") {
+		t.Fatalf("unverified TLS configuration: %v", err)
+	}
+	if n := e.accepts.Load(); n != 2 {
+		t.Errorf("%d TCP connections, want 2 (the insecure one must not connect)", n)
+	}
+}
+
+func TestServerConfigChecked(t *testing.T) {
+	e := newEnv(t)
+	cert := e.ca.Issue(t, e.serverID, time.Hour)
+	for _, tc := range []struct {
+		name string
+		conf *tls.Config
+	}{
+		{"nil", nil},
+		{"no client certificate required", &tls.Config{Certificates: []tls.Certificate{*cert}}},
+		{"any client certificate, unverified", &tls.Config{Certificates: []tls.Certificate{*cert}, ClientAuth: tls.RequireAnyClientCert}},
+		{"no server certificate", &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &Server{TLSConfig: tc.conf, Handler: e.handler()}
+			if err := s.Serve(l); err == nil || errors.Is(err, ErrServerClosed) {
+				t.Fatalf("Serve accepted the configuration: %v", err)
+			}
+		})
+	}
+}
+
+func TestRequestHeadersChecked(t *testing.T) {
+	e := newEnv(t)
+	for _, h := range []http.Header{{"Connection": {"close"}}, {"Host": {"x"}}, {"X-Bad": {"a\r\nb"}}, {"Transfer-Encoding": {"chunked"}}} {
+		if c, err := e.pool.Dial(dialCtx(t), e.key(), "10.244.1.5:8080", h); err == nil {
+			c.Close()
+			t.Errorf("header %v was sent", h)
+		}
+	}
+	if _, err := e.pool.Dial(dialCtx(t), e.key(), "not an authority", nil); err == nil {
+		t.Error("a malformed target was sent")
 	}
 }
 
@@ -300,19 +552,16 @@ func (e *env) assertServing(t *testing.T) {
 }
 
 func TestBadClientsRefused(t *testing.T) {
+	noLeaks(t)
 	e := newEnv(t)
 	otherTD := identitytest.NewCA(t, "evil.org")
 	rogue := identitytest.NewCA(t, "cluster.local")
 	bothRoots, _ := identity.NewBundle(e.ca.Root(), otherTD.Root())
 	// A server that trusts the other root too, to prove the trust-domain
 	// check (not just the chain) refuses it.
-	e.srv.Close()
-	tdServer := &Server{TLSConfig: identity.ServerTLSConfig(func() (*tls.Certificate, error) { return e.ca.Issue(t, e.serverID, time.Hour), nil },
-		func() *identity.Bundle { return bothRoots }, "cluster.local", nil), Handler: e.handler()}
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	e.addr = netip.MustParseAddrPort(l.Addr().String())
-	go tdServer.Serve(l)
-	defer tdServer.Close()
+	serverCert := e.ca.Issue(t, e.serverID, time.Hour)
+	tdServer := &Server{TLSConfig: identity.ServerTLSConfig(identity.StaticCert(serverCert), identity.StaticBundle(bothRoots), "cluster.local", nil), Handler: e.handler()}
+	e.addr = e.serve(t, tdServer, "127.0.0.1:0")
 
 	tlsDial := func(conf *tls.Config) error {
 		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", e.addr.String(), conf)
@@ -322,35 +571,52 @@ func TestBadClientsRefused(t *testing.T) {
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		// TLS 1.3: the server's verdict on our certificate arrives on read.
-		c.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
+		c.Write([]byte(clientPreface))
+		c.Write(frameBytes(frameSettings, 0, 0, nil))
 		_, err = c.Read(make([]byte, 1))
 		return err
 	}
 	certConf := func(cert *tls.Certificate, protos ...string) *tls.Config {
-		conf := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return cert, nil },
-			func() *identity.Bundle { return bothRoots }, []identity.SPIFFE{e.serverID}, nil)
+		conf := identity.ClientTLSConfig(identity.StaticCert(cert), identity.StaticBundle(bothRoots), []identity.SPIFFE{e.serverID}, nil)
 		if protos != nil {
 			conf.NextProtos = protos
 		}
 		return conf
 	}
+	plainRequest := func(c net.Conn) error {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "CONNECT 10.244.1.5:8080 HTTP/1.1\r\nHost: 10.244.1.5:8080\r\n\r\n")
+		b, _ := io.ReadAll(c)
+		if strings.Contains(string(b), "200") {
+			return nil
+		}
+		return fmt.Errorf("refused: %q", b)
+	}
 	cases := []struct {
 		name string
 		try  func() error
 	}{
-		{"plaintext HTTP", func() error {
+		{"plaintext HTTP/1.1 CONNECT", func() error {
+			c, err := net.Dial("tcp", e.addr.String())
+			if err != nil {
+				return err
+			}
+			return plainRequest(c)
+		}},
+		{"plaintext HTTP/2 preface", func() error {
 			c, err := net.Dial("tcp", e.addr.String())
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "CONNECT 10.244.1.5:8080 HTTP/1.1\r\nHost: 10.244.1.5:8080\r\n\r\n")
-			b, err := io.ReadAll(c)
-			if strings.Contains(string(b), "200") {
+			c.Write(clientStart())
+			b, _ := io.ReadAll(c)
+			if len(b) > 0 && b[0] != 0x15 { // anything but a TLS alert
 				return nil
 			}
-			return fmt.Errorf("refused: %q %v", b, err)
+			return errors.New("closed")
 		}},
 		{"garbage bytes", func() error {
 			c, err := net.Dial("tcp", e.addr.String())
@@ -368,6 +634,11 @@ func TestBadClientsRefused(t *testing.T) {
 		{"certificate from another trust domain", func() error {
 			return tlsDial(certConf(otherTD.Issue(t, otherTD.ID("demo", "client"), time.Hour)))
 		}},
+		{"TLS 1.2", func() error {
+			conf := certConf(e.ca.Issue(t, e.clientID, time.Hour))
+			conf.MinVersion, conf.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+			return tlsDial(conf)
+		}},
 		{"ALPN http/1.1 only", func() error { return tlsDial(certConf(e.ca.Issue(t, e.clientID, time.Hour), "http/1.1")) }},
 		{"HTTP/1.1 over TLS without ALPN", func() error {
 			conf := certConf(e.ca.Issue(t, e.clientID, time.Hour))
@@ -376,14 +647,14 @@ func TestBadClientsRefused(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "CONNECT 10.244.1.5:8080 HTTP/1.1\r\nHost: 10.244.1.5:8080\r\n\r\n")
-			b, _ := io.ReadAll(c)
-			if strings.HasPrefix(string(b), "HTTP/1.1 200") {
-				return nil
+			return plainRequest(c)
+		}},
+		{"h2 ALPN but HTTP/1.1 bytes", func() error {
+			c, err := tls.Dial("tcp", e.addr.String(), certConf(e.ca.Issue(t, e.clientID, time.Hour)))
+			if err != nil {
+				return err
 			}
-			return fmt.Errorf("refused: %q", b)
+			return plainRequest(c)
 		}},
 	}
 	for _, tc := range cases {
@@ -396,18 +667,35 @@ func TestBadClientsRefused(t *testing.T) {
 	}
 }
 
+// TestGoawayDrain: Shutdown sends GOAWAY; the open stream keeps working
+// until it is done, while new streams go to a new connection (here to a
+// new server on the same address, as after a ztunnel restart).
 func TestGoawayDrain(t *testing.T) {
+	noLeaks(t)
 	e := newEnv(t)
-	c, err := e.pool.Dial(dialCtx(t), e.key(), "10.244.1.5:8080", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := e.dial(t, "10.244.1.5:8080")
 	shutdownDone := make(chan error, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	go func() { shutdownDone <- e.srv.Shutdown(ctx) }()
-	// The open stream keeps working during the drain.
-	time.Sleep(200 * time.Millisecond)
+	// Wait until the pool has seen the GOAWAY.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		e.pool.mu.Lock()
+		usable := e.pool.conns[e.key().String()][0].c.usable()
+		e.pool.mu.Unlock()
+		if !usable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no GOAWAY")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A new server takes over the address.
+	next := &Server{TLSConfig: e.serverTLS, Handler: e.handler()}
+	e.serve(t, next, e.addr.String())
+
 	br := bufio.NewReader(c)
 	for i := 0; i < 3; i++ {
 		fmt.Fprintf(c, "during drain %d\n", i)
@@ -415,18 +703,28 @@ func TestGoawayDrain(t *testing.T) {
 		if err != nil || line != fmt.Sprintf("during drain %d\n", i) {
 			t.Fatalf("stream broke during drain: %q %v", line, err)
 		}
+		if i == 1 {
+			// New streams go to the new connection.
+			n := e.dial(t, "10.244.1.5:8080")
+			n.Write([]byte("new\n"))
+			if line, err := bufio.NewReader(n).ReadString('\n'); err != nil || line != "new\n" {
+				t.Fatalf("new stream: %q %v", line, err)
+			}
+			n.Close()
+			if got := e.accepts.Load(); got != 2 {
+				t.Fatalf("%d TCP connections, want 2", got)
+			}
+		}
 	}
 	select {
 	case err := <-shutdownDone:
 		t.Fatalf("shutdown finished while a stream was open: %v", err)
 	default:
 	}
-	// The pooled connection got GOAWAY: new streams must not use it.
-	if _, err := e.pool.Dial(dialCtx(t), e.key(), "10.244.1.5:8080", nil); err == nil {
-		t.Fatal("a new stream was accepted by a draining server")
-	}
 	c.CloseWrite()
-	io.ReadAll(br)
+	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+		t.Fatalf("end of the drained stream: %q %v", rest, err)
+	}
 	c.Close()
 	select {
 	case err := <-shutdownDone:
@@ -436,9 +734,83 @@ func TestGoawayDrain(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("shutdown did not finish after the last stream closed")
 	}
+	deadline = time.Now().Add(5 * time.Second)
+	for len(e.pool.Stats()[e.key().String()]) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool after the drain: %v, want only the new connection", e.pool.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestShutdownDeadline: streams still open when Shutdown's context ends
+// are cut.
+func TestShutdownDeadline(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	c := e.dial(t, "10.244.1.5:8080")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want the context's deadline", err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after a forced shutdown: %v", err)
+	}
+}
+
+func TestResets(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	// The upstream aborts: the client's read fails (not a clean EOF).
+	c := e.dial(t, fmt.Sprintf("10.244.1.5:%d", portRSTUpstrm))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	var re *ResetError
+	if string(got) != "banner\n" || !errors.As(err, &re) || !re.Remote {
+		t.Fatalf("read %q, %v; want the banner then a reset from the server", got, err)
+	}
+	// The client aborts: the server closes the upstream.
+	c2 := e.dial(t, fmt.Sprintf("10.244.1.5:%d", portBanner))
+	c2.Read(make([]byte, 1))
+	c2.Close()
+	select {
+	case <-e.bannerGot:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream was not closed after the client reset the stream")
+	}
+	if _, err := c2.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("write after Close: %v", err)
+	}
+}
+
+func TestDeadlines(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	c := e.dial(t, "10.244.1.5:8080")
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	start := time.Now()
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+	if d := time.Since(start); d < 40*time.Millisecond || d > 2*time.Second {
+		t.Errorf("deadline fired after %v", d)
+	}
+	c.SetReadDeadline(time.Time{})
+	c.Write([]byte("a"))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c, b); err != nil || b[0] != 'a' {
+		t.Fatalf("read after clearing the deadline: %q %v", b, err)
+	}
+	c.SetWriteDeadline(time.Now().Add(-time.Second))
+	if _, err := c.Write([]byte("a")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write past the deadline: %v", err)
+	}
 }
 
 func TestIdleRelease(t *testing.T) {
+	noLeaks(t)
 	e := newEnv(t)
 	e.pool.IdleTimeout = 200 * time.Millisecond
 	c, err := e.pool.Dial(dialCtx(t), e.key(), "10.244.1.5:8080", nil)
@@ -456,5 +828,100 @@ func TestIdleRelease(t *testing.T) {
 			t.Fatal("idle connection not released")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestKeepalive: PINGs keep a quiet connection that answers, and drop one
+// whose peer stopped answering.
+func TestKeepalive(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	e.pool.KeepaliveInterval, e.pool.KeepaliveTimeout = 50*time.Millisecond, 200*time.Millisecond
+	c := e.dial(t, "10.244.1.5:8080")
+	c.Close()
+	time.Sleep(500 * time.Millisecond)
+	e.dial(t, "10.244.1.5:8080")
+	if n := e.accepts.Load(); n != 1 {
+		t.Fatalf("%d TCP connections, want 1: the quiet connection was dropped", n)
+	}
+
+	// A peer that completes TLS and HTTP/2 SETTINGS, then goes silent.
+	l, err := tls.Listen("tcp", "127.0.0.1:0", e.serverTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		nc.Write(frameBytes(frameSettings, 0, 0, nil))
+		held <- nc
+	}()
+	k := e.key()
+	k.DstAddr = netip.MustParseAddrPort(l.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := e.pool.Dial(ctx, k, "10.244.1.5:8080", nil); err == nil {
+		t.Fatal("a silent server answered")
+	}
+	defer func() { (<-held).Close() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(e.pool.Stats()[k.String()]) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection to a silent peer was not dropped")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestClientAgainstGoHTTP2Server: our client through Go's own HTTP/2
+// server (16 KiB frames, its own windows), full duplex.
+func TestClientAgainstGoHTTP2Server(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodConnect {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		rc.Flush()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := r.Body.Read(buf)
+			if n > 0 {
+				w.Write(buf[:n])
+				rc.Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}), TLSConfig: e.serverTLS.Clone()}
+	var p http.Protocols
+	p.SetHTTP2(true)
+	hs.Protocols = &p
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hs.ServeTLS(l, "", "")
+	defer hs.Close()
+	k := e.key()
+	k.DstAddr = netip.MustParseAddrPort(l.Addr().String())
+	c, err := e.pool.Dial(dialCtx(t), k, "10.244.1.5:8080", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB
+	go func() { c.Write(payload); c.CloseWrite() }()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echo through Go's HTTP/2 server: %d bytes, %v", len(got), err)
 	}
 }

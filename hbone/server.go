@@ -10,7 +10,11 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/identity"
 )
@@ -25,6 +29,16 @@ const (
 	ServerMaxStreams     = 200
 	KeepaliveInterval    = 10 * time.Second
 	KeepaliveTimeout     = 20 * time.Second
+	// HandshakeTimeout bounds the TLS handshake and the HTTP/2 preface of
+	// an accepted connection.
+	HandshakeTimeout = 10 * time.Second
+)
+
+// TCP keepalive as ztunnel sets it on every HBONE socket.
+const (
+	tcpKeepaliveIdle     = 180 * time.Second
+	tcpKeepaliveInterval = 180 * time.Second
+	tcpKeepaliveCount    = 9
 )
 
 // Request is an HBONE CONNECT the server has parsed.
@@ -34,6 +48,9 @@ type Request struct {
 	LocalAddr  net.Addr        // where the TCP connection arrived
 	RemoteAddr net.Addr
 	Header     http.Header // forwarded, baggage, traceparent, ...
+	// ResponseHeader, if the handler sets it, goes out with the 200 (for
+	// example a baggage header describing the destination workload).
+	ResponseHeader http.Header
 }
 
 // StatusError is a refusal with the HTTP status the client gets.
@@ -48,8 +65,13 @@ func (e *StatusError) Error() string {
 
 // Handler authorizes a CONNECT and connects it upstream. It returns a
 // *StatusError to refuse (401 for policy denials, 400 for an unexpected
-// target, 503 for an unknown workload); any other error is a 503. The
-// server answers 200 only after Connect succeeded.
+// target, 503 for an unknown workload); any other error is a 503, and so
+// is a status other than 400, 401 and 503. The server answers 200 only
+// after Connect succeeded, then copies bytes both ways with half-close:
+// END_STREAM from the client becomes CloseWrite on the upstream (an
+// upstream without CloseWrite is closed instead) and the upstream's EOF
+// becomes END_STREAM; a reset either way aborts both. The context ends
+// when the stream or its connection does.
 type Handler interface {
 	Connect(ctx context.Context, r *Request) (net.Conn, error)
 }
@@ -60,150 +82,394 @@ type HandlerFunc func(ctx context.Context, r *Request) (net.Conn, error)
 // Connect implements Handler.
 func (f HandlerFunc) Connect(ctx context.Context, r *Request) (net.Conn, error) { return f(ctx, r) }
 
-// Server serves HBONE on a listener.
+// Server serves HBONE on listeners. Set its fields before the first Serve.
 type Server struct {
 	// TLSConfig must require and verify client certificates (see
-	// identity.ServerTLSConfig); the server adds nothing to it but h2.
+	// identity.ServerTLSConfig). The server forces TLS 1.3, ALPN h2 and no
+	// session tickets on a copy of it.
 	TLSConfig *tls.Config
 	Handler   Handler
 	Logger    *slog.Logger
 	// MaxStreams per connection (default ServerMaxStreams).
 	MaxStreams int
+	// KeepaliveInterval and KeepaliveTimeout override the PING keepalive
+	// (defaults 10 s and 20 s).
+	KeepaliveInterval, KeepaliveTimeout time.Duration
 
-	once sync.Once
-	srv  *http.Server
+	once    sync.Once
+	initErr error
+	tlsConf *tls.Config
+	bufs    *buffers
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	pending   map[net.Conn]struct{} // accepted, not yet speaking HTTP/2
+	closing   bool
+	idle      chan struct{} // closed and replaced when the last connection ends
 }
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("hbone: server closed")
 
 func (s *Server) init() {
 	s.once.Do(func() {
 		if s.Logger == nil {
 			s.Logger = slog.New(slog.DiscardHandler)
 		}
-		maxStreams := s.MaxStreams
-		if maxStreams <= 0 {
-			maxStreams = ServerMaxStreams
+		if s.MaxStreams <= 0 {
+			s.MaxStreams = ServerMaxStreams
 		}
-		var protocols http.Protocols
-		protocols.SetHTTP2(true) // HTTP/2 over TLS only: no HTTP/1, no h2c
-		tlsConf := s.TLSConfig.Clone()
-		tlsConf.NextProtos = []string{"h2"}
-		s.srv = &http.Server{
-			Handler:           http.HandlerFunc(s.serveHTTP),
-			TLSConfig:         tlsConf,
-			Protocols:         &protocols,
-			ReadHeaderTimeout: 10 * time.Second,
-			MaxHeaderBytes:    ServerMaxHeaderBytes,
-			ErrorLog:          slog.NewLogLogger(s.Logger.Handler(), slog.LevelDebug),
-			HTTP2: &http.HTTP2Config{
-				MaxConcurrentStreams:          maxStreams,
-				MaxReadFrameSize:              MaxFrameSize,
-				MaxReceiveBufferPerConnection: ConnWindow,
-				MaxReceiveBufferPerStream:     StreamWindow,
-				SendPingTimeout:               KeepaliveInterval,
-				PingTimeout:                   KeepaliveTimeout,
-			},
+		if s.KeepaliveInterval <= 0 {
+			s.KeepaliveInterval = KeepaliveInterval
+		}
+		if s.KeepaliveTimeout <= 0 {
+			s.KeepaliveTimeout = KeepaliveTimeout
+		}
+		s.bufs = newBuffers()
+		s.listeners = map[net.Listener]struct{}{}
+		s.conns = map[*conn]struct{}{}
+		s.pending = map[net.Conn]struct{}{}
+		s.idle = make(chan struct{})
+		s.tlsConf, s.initErr = serverTLS(s.TLSConfig)
+		if s.Handler == nil && s.initErr == nil {
+			s.initErr = errors.New("hbone: Server.Handler is nil")
 		}
 	})
 }
 
-// Serve accepts HBONE connections on l until Shutdown or Close.
+// serverTLS checks the caller's configuration and pins HBONE's profile.
+func serverTLS(conf *tls.Config) (*tls.Config, error) {
+	if conf == nil {
+		return nil, errors.New("hbone: Server.TLSConfig is nil")
+	}
+	switch conf.ClientAuth {
+	case tls.RequireAndVerifyClientCert:
+	case tls.RequireAnyClientCert:
+		if conf.VerifyPeerCertificate == nil && conf.VerifyConnection == nil {
+			return nil, errors.New("hbone: Server.TLSConfig takes any client certificate but verifies none")
+		}
+	default:
+		return nil, fmt.Errorf("hbone: Server.TLSConfig must require client certificates (ClientAuth is %v)", conf.ClientAuth)
+	}
+	if conf.Certificates == nil && conf.GetCertificate == nil && conf.GetConfigForClient == nil {
+		return nil, errors.New("hbone: Server.TLSConfig has no certificate")
+	}
+	c := conf.Clone()
+	c.MinVersion, c.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
+	c.NextProtos = []string{"h2"}
+	c.SessionTicketsDisabled = true
+	return c, nil
+}
+
+// Serve accepts HBONE connections on l until Shutdown or Close, then
+// returns ErrServerClosed. It closes l when it returns.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
-	err := s.srv.ServeTLS(l, "", "")
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
+	if s.initErr != nil {
+		l.Close()
+		return s.initErr
 	}
-	return err
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.Logger.Warn("HBONE accept failed; retrying", "listener", l.Addr(), "error", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("hbone: accepting on %v: %w", l.Addr(), err)
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.pending[nc] = struct{}{}
+		s.mu.Unlock()
+		go s.serveConn(nc)
+	}
 }
 
-// Shutdown stops accepting, sends GOAWAY on every connection, and waits
-// for open streams to finish until ctx is done; then it closes them.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.init()
-	err := s.srv.Shutdown(ctx)
-	if err != nil {
-		s.srv.Close()
+// setSocketOptions applies ztunnel's TCP options to an HBONE socket.
+func setSocketOptions(nc net.Conn) {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		return
 	}
-	return err
+	_ = tc.SetNoDelay(true)
+	_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: tcpKeepaliveIdle, Interval: tcpKeepaliveInterval, Count: tcpKeepaliveCount})
+	if rc, err := tc.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _ = setUserTimeout(fd) })
+	}
 }
 
-// Close closes every connection at once.
-func (s *Server) Close() error {
-	s.init()
-	return s.srv.Close()
+// setUserTimeout sets TCP_USER_TIMEOUT to idle + interval × probes.
+func setUserTimeout(fd uintptr) error {
+	ms := int((tcpKeepaliveIdle + tcpKeepaliveInterval*tcpKeepaliveCount) / time.Millisecond)
+	return unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ms)
 }
 
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, code int, reason string) {
-	s.Logger.Info("HBONE refused", "code", code, "reason", reason, "authority", r.Host, "remote", r.RemoteAddr)
-	w.WriteHeader(code)
+func (s *Server) forgetPending(nc net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.pending, nc)
+	s.signalIdleLocked()
 }
 
-func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.ProtoMajor != 2 || r.TLS == nil {
-		s.refuse(w, r, http.StatusBadRequest, "HBONE needs HTTP/2 over TLS")
-		return
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	s.signalIdleLocked()
+}
+
+// signalIdleLocked wakes Shutdown when the last connection is gone.
+func (s *Server) signalIdleLocked() {
+	if len(s.conns) == 0 && len(s.pending) == 0 {
+		close(s.idle)
+		s.idle = make(chan struct{})
 	}
-	if r.Method != http.MethodConnect {
-		s.refuse(w, r, http.StatusBadRequest, "method "+r.Method+" is not CONNECT")
-		return
-	}
-	target, err := ParseAuthority(r.Host)
+}
+
+// serveConn runs the TLS handshake, checks the HBONE profile and the
+// HTTP/2 preface, then serves streams until the connection ends.
+func (s *Server) serveConn(nc net.Conn) {
+	setSocketOptions(nc)
+	log := s.Logger.With("peer", nc.RemoteAddr().String())
+	bc := &batchConn{Conn: nc, pool: &s.bufs.batches}
+	tc := tls.Server(bc, s.tlsConf)
+	_ = nc.SetDeadline(time.Now().Add(HandshakeTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), HandshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
 	if err != nil {
-		s.refuse(w, r, http.StatusBadRequest, err.Error())
+		log.Debug("HBONE TLS handshake failed", "error", err)
+		tc.Close()
+		s.forgetPending(nc)
 		return
 	}
-	peer, err := identity.PeerIdentity(*r.TLS)
-	if err != nil {
-		s.refuse(w, r, http.StatusUnauthorized, "peer identity: "+err.Error())
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != "h2" || cs.Version != tls.VersionTLS13 || len(cs.PeerCertificates) == 0 {
+		log.Debug("HBONE connection refused: not h2 over mutual TLS 1.3", "alpn", cs.NegotiatedProtocol, "version", tls.VersionName(cs.Version))
+		tc.Close()
+		s.forgetPending(nc)
 		return
 	}
-	req := &Request{Target: target, Peer: peer, Header: r.Header}
-	req.LocalAddr, _ = r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	req.RemoteAddr, _ = net.ResolveTCPAddr("tcp", r.RemoteAddr)
-	upstream, err := s.Handler.Connect(r.Context(), req)
+	var preface [len(clientPreface)]byte
+	if _, err := io.ReadFull(tc, preface[:]); err != nil || string(preface[:]) != clientPreface {
+		log.Debug("HBONE connection refused: no HTTP/2 preface", "error", err)
+		tc.Close()
+		s.forgetPending(nc)
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	peer, peerErr := identity.PeerIdentity(cs)
+
+	var c *conn
+	c = newConn(tc, nc, connConfig{
+		server:           true,
+		maxStreams:       uint32(s.MaxStreams),
+		maxHeaderList:    ServerMaxHeaderBytes,
+		streamWindow:     StreamWindow,
+		connWindow:       ConnWindow,
+		maxFrame:         MaxFrameSize,
+		keepalive:        s.KeepaliveInterval,
+		keepaliveTimeout: s.KeepaliveTimeout,
+		logger:           log,
+		buffers:          s.bufs,
+		onStream: func(st *stream, fields []hpack.HeaderField, tooBig bool) {
+			go s.serveStream(c, st, fields, tooBig, peer, peerErr)
+		},
+		onClose: s.forget,
+	})
+	c.batch = bc
+	s.mu.Lock()
+	delete(s.pending, nc)
+	if s.closing {
+		s.signalIdleLocked()
+		s.mu.Unlock()
+		tc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	if err := c.startConn(); err != nil {
+		return
+	}
+	c.readLoop()
+}
+
+// serveStream answers one request: facts §1.3's checks in order, the
+// handler's verdict, then the tunnel.
+func (s *Server) serveStream(c *conn, st *stream, fields []hpack.HeaderField, tooBig bool, peer identity.SPIFFE, peerErr error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.mu.Lock()
+	st.cancel = cancel
+	if st.removed || c.closed {
+		cancel()
+	}
+	c.mu.Unlock()
+	defer cancel()
+	defer st.Close()
+
+	refuse := func(code int, reason string, authority string) {
+		c.cfg.logger.Info("HBONE refused", "code", code, "reason", reason, "authority", authority, "identity", peer.String())
+		_ = c.writeResponse(st, responseFields(code, nil), true)
+	}
+	if tooBig {
+		refuse(http.StatusBadRequest, "request header list too large", "")
+		return
+	}
+	head, code, reason, err := parseRequest(fields)
 	if err != nil {
+		var se *streamError
+		if errors.As(err, &se) {
+			c.cfg.logger.Info("HBONE malformed request", "error", se)
+			c.mu.Lock()
+			st.resetLocked(se.code)
+			c.mu.Unlock()
+		}
+		return
+	}
+	if code != 0 {
+		refuse(code, reason, head.authority)
+		return
+	}
+	target, err := ParseAuthority(head.authority)
+	if err != nil {
+		refuse(http.StatusBadRequest, err.Error(), head.authority)
+		return
+	}
+	if peerErr != nil {
+		refuse(http.StatusUnauthorized, "peer identity: "+peerErr.Error(), head.authority)
+		return
+	}
+	req := &Request{Target: target, Peer: peer, LocalAddr: c.nc.LocalAddr(), RemoteAddr: c.nc.RemoteAddr(), Header: head.header}
+	upstream, err := s.Handler.Connect(ctx, req)
+	if err != nil {
+		code, reason := http.StatusServiceUnavailable, err.Error()
 		var se *StatusError
 		if errors.As(err, &se) {
-			s.refuse(w, r, se.Code, se.Reason)
-		} else {
-			s.refuse(w, r, http.StatusServiceUnavailable, err.Error())
+			reason = se.Reason
+			switch se.Code {
+			case http.StatusBadRequest, http.StatusUnauthorized, http.StatusServiceUnavailable:
+				code = se.Code
+			}
 		}
+		refuse(code, reason, head.authority)
 		return
 	}
 	defer upstream.Close()
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
+	if err := c.writeResponse(st, responseFields(http.StatusOK, req.ResponseHeader), false); err != nil {
 		return
 	}
-	// Client to upstream: on the client's END_STREAM, half-close upstream.
+	tunnel(st, upstream)
+}
+
+// tunnel copies both ways between a stream and its upstream, passing
+// half-closes along, and returns when both directions are done.
+func tunnel(st *stream, upstream net.Conn) {
+	done := make(chan struct{})
 	go func() {
-		buf := make([]byte, 64<<10)
-		_, err := io.CopyBuffer(upstream, r.Body, buf)
-		if cw, ok := upstream.(interface{ CloseWrite() error }); ok && err == nil {
-			_ = cw.CloseWrite()
-		} else {
-			upstream.Close() // a reset stream: tear the upstream down too
+		defer close(done)
+		// Client to upstream: END_STREAM becomes CloseWrite; a reset
+		// tears the upstream down.
+		if _, err := st.WriteTo(upstream); err == nil {
+			if cw, ok := upstream.(interface{ CloseWrite() error }); ok {
+				_ = cw.CloseWrite()
+				return
+			}
 		}
+		upstream.Close()
 	}()
-	// Upstream to client, flushing each read so small writes are not held.
-	buf := make([]byte, 64<<10)
+	// Upstream to client: EOF becomes END_STREAM; an error resets.
+	if _, err := st.ReadFrom(upstream); err == nil {
+		_ = st.CloseWrite()
+	} else {
+		st.Close()
+	}
+	<-done
+}
+
+// Shutdown stops accepting, sends GOAWAY on every connection, and waits
+// for open streams to finish until ctx is done; then it closes whatever is
+// left and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for nc := range s.pending {
+		nc.Close() // not yet serving streams
+	}
+	for c := range s.conns {
+		c.startDrain()
+	}
+	s.mu.Unlock()
 	for {
-		n, rerr := upstream.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
-				break
-			}
-			if err := rc.Flush(); err != nil {
-				break
-			}
+		s.mu.Lock()
+		n := len(s.conns) + len(s.pending)
+		idle := s.idle
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
 		}
-		if rerr != nil {
-			break
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
 		}
 	}
-	// Upstream finished sending: returning ends the stream (END_STREAM).
-	// Go's HTTP/2 server cannot half-close a response while it keeps
-	// reading the request, so a client still sending is reset; apps that
-	// close their write side first and keep reading are not supported yet.
+}
+
+// Close closes every listener and connection at once. Handlers still in
+// Connect see their context end.
+func (s *Server) Close() error {
+	s.init()
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for nc := range s.pending {
+		nc.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close(ErrServerClosed)
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 // Package hbonebench measures the HBONE tunnel on loopback against plain
 // TCP and against a plain TLS 1.3 proxy, in one run: single-stream
-// throughput and one-byte round-trip latency.
+// throughput with the CPU and allocations it costs the process, and
+// one-byte round-trip latency.
 //
 // The three paths carry the same bytes to the same upstream servers:
 //
@@ -18,8 +19,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ambit-mesh/ambit/hbone"
@@ -28,11 +32,21 @@ import (
 
 // Result is one path's figures.
 type Result struct {
-	Path       string
-	Throughput float64 // bytes per second, one stream
-	RTT50      time.Duration
-	RTT99      time.Duration
-	RTTSamples int
+	Path           string
+	Throughput     float64 // bytes per second, one stream
+	CPUPerGB       float64 // process CPU seconds per GB sent (client, proxy and upstream together)
+	AllocsPerWrite float64 // heap allocations per write of Options.Size bytes, whole process
+	RTT50          time.Duration
+	RTT99          time.Duration
+	AllocsPerRTT   float64 // heap allocations per one-byte round trip, whole process
+	RTTSamples     int
+}
+
+// Options bound a run.
+type Options struct {
+	Rounds   int           // rounds; the paths alternate within each
+	Duration time.Duration // length of each measurement
+	Size     int           // bytes per write in the throughput test
 }
 
 // Env is a running set of servers for the three paths.
@@ -186,89 +200,127 @@ func (e *Env) Dial(ctx context.Context, path, upstream string) (net.Conn, error)
 
 type closeWriter interface{ CloseWrite() error }
 
-// Throughput sends as much as it can for d on one connection to the sink
-// and returns the bytes per second the sink acknowledged.
-func (e *Env) Throughput(ctx context.Context, path string, d time.Duration, chunk int) (float64, error) {
+// counters samples what the process has spent so far.
+type counters struct {
+	cpu     time.Duration
+	mallocs uint64
+}
+
+func sample() counters {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return counters{cpu: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), mallocs: ms.Mallocs}
+}
+
+// throughput is one throughput measurement.
+type throughput struct {
+	bps, cpuPerGB, allocsPerWrite float64
+}
+
+// Throughput sends as much as it can for d on one connection to the sink,
+// in writes of size bytes, and returns the rate the sink acknowledged with
+// what the process spent on it.
+func (e *Env) Throughput(ctx context.Context, path string, d time.Duration, size int) (throughput, error) {
 	c, err := e.Dial(ctx, path, "sink")
 	if err != nil {
-		return 0, err
+		return throughput{}, err
 	}
 	defer c.Close()
-	buf := make([]byte, chunk)
-	start := time.Now()
+	buf := make([]byte, size)
+	start, before := time.Now(), sample()
 	var sent int64
-	for time.Since(start) < d {
+	writes := 0
+	for time.Since(start) < d && ctx.Err() == nil {
 		n, err := c.Write(buf)
 		sent += int64(n)
+		writes++
 		if err != nil {
-			return 0, fmt.Errorf("%s: write: %w", path, err)
+			return throughput{}, fmt.Errorf("%s: write: %w", path, err)
 		}
 	}
 	cw, ok := c.(closeWriter)
 	if !ok {
-		return 0, errors.New("connection cannot half-close")
+		return throughput{}, errors.New("connection cannot half-close")
 	}
 	if err := cw.CloseWrite(); err != nil {
-		return 0, err
+		return throughput{}, err
 	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var ack [8]byte
 	if _, err := io.ReadFull(c, ack[:]); err != nil {
-		return 0, fmt.Errorf("%s: reading the sink's count: %w", path, err)
+		return throughput{}, fmt.Errorf("%s: reading the sink's count: %w", path, err)
 	}
-	elapsed := time.Since(start)
+	elapsed, after := time.Since(start), sample()
 	got := int64(binary.BigEndian.Uint64(ack[:]))
 	if got != sent {
-		return 0, fmt.Errorf("%s: sink received %d bytes, sent %d", path, got, sent)
+		return throughput{}, fmt.Errorf("%s: sink received %d bytes, sent %d", path, got, sent)
 	}
-	return float64(got) / elapsed.Seconds(), nil
+	return throughput{
+		bps:            float64(got) / elapsed.Seconds(),
+		cpuPerGB:       (after.cpu - before.cpu).Seconds() / (float64(got) / 1e9),
+		allocsPerWrite: float64(after.mallocs-before.mallocs) / float64(writes),
+	}, nil
 }
 
 // RTT bounces one byte off the echo server for d (at most max times) on
-// one connection and returns the median and 99th percentile.
-func (e *Env) RTT(ctx context.Context, path string, d time.Duration, max int) (p50, p99 time.Duration, n int, err error) {
+// one connection and returns the median and 99th percentile, and the
+// allocations per round trip.
+func (e *Env) RTT(ctx context.Context, path string, d time.Duration, max int) (p50, p99 time.Duration, n int, allocs float64, err error) {
 	c, err := e.Dial(ctx, path, "echo")
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
 	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(d + 10*time.Second))
 	var b [1]byte
-	var samples []time.Duration
+	samples := make([]time.Duration, 0, min(max, 1<<20))
+	before := sample()
 	start := time.Now()
-	for time.Since(start) < d && len(samples) < max {
+	for time.Since(start) < d && len(samples) < max && ctx.Err() == nil {
 		t0 := time.Now()
 		if _, err := c.Write(b[:]); err != nil {
-			return 0, 0, 0, err
+			return 0, 0, 0, 0, err
 		}
 		if _, err := io.ReadFull(c, b[:]); err != nil {
-			return 0, 0, 0, err
+			return 0, 0, 0, 0, err
 		}
 		samples = append(samples, time.Since(t0))
 	}
+	after := sample()
 	if len(samples) == 0 {
-		return 0, 0, 0, errors.New("no samples")
+		return 0, 0, 0, 0, errors.New("no samples")
 	}
 	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
-	return samples[len(samples)/2], samples[len(samples)*99/100], len(samples), nil
+	allocs = float64(after.mallocs-before.mallocs) / float64(len(samples))
+	return samples[len(samples)/2], samples[len(samples)*99/100], len(samples), allocs, nil
 }
 
 // Run measures every path, interleaved round by round so that machine
 // noise hits all paths alike, and reports each path's median over rounds.
-func Run(ctx context.Context, e *Env, rounds int, d time.Duration, chunk int) ([]Result, error) {
-	tput := map[string][]float64{}
+func Run(ctx context.Context, e *Env, o Options) ([]Result, error) {
+	if o.Rounds < 1 || o.Duration <= 0 || o.Size < 1 {
+		return nil, errors.New("rounds, duration and size must be positive")
+	}
+	tput, cpu, aw, ar := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	rtt50 := map[string][]time.Duration{}
 	rtt99 := map[string][]time.Duration{}
 	samples := map[string]int{}
-	for r := 0; r < rounds; r++ {
+	for r := 0; r < o.Rounds; r++ {
 		for _, p := range Paths() {
-			bps, err := e.Throughput(ctx, p, d, chunk)
+			t, err := e.Throughput(ctx, p, o.Duration, o.Size)
 			if err != nil {
 				return nil, err
 			}
-			a, b, n, err := e.RTT(ctx, p, d, 1_000_000)
+			a, b, n, allocs, err := e.RTT(ctx, p, o.Duration, 1_000_000)
 			if err != nil {
 				return nil, fmt.Errorf("%s: rtt: %w", p, err)
 			}
-			tput[p] = append(tput[p], bps)
+			tput[p] = append(tput[p], t.bps)
+			cpu[p] = append(cpu[p], t.cpuPerGB)
+			aw[p] = append(aw[p], t.allocsPerWrite)
+			ar[p] = append(ar[p], allocs)
 			rtt50[p] = append(rtt50[p], a)
 			rtt99[p] = append(rtt99[p], b)
 			samples[p] += n
@@ -276,7 +328,8 @@ func Run(ctx context.Context, e *Env, rounds int, d time.Duration, chunk int) ([
 	}
 	var out []Result
 	for _, p := range Paths() {
-		out = append(out, Result{Path: p, Throughput: medianF(tput[p]), RTT50: medianD(rtt50[p]), RTT99: medianD(rtt99[p]), RTTSamples: samples[p]})
+		out = append(out, Result{Path: p, Throughput: medianF(tput[p]), CPUPerGB: medianF(cpu[p]), AllocsPerWrite: medianF(aw[p]),
+			RTT50: medianD(rtt50[p]), RTT99: medianD(rtt99[p]), AllocsPerRTT: medianF(ar[p]), RTTSamples: samples[p]})
 	}
 	return out, nil
 }
@@ -299,10 +352,15 @@ func Table(results []Result) string {
 			base = r
 		}
 	}
-	s := fmt.Sprintf("%-6s %14s %8s %12s %8s %12s\n", "path", "throughput", "x tcp", "RTT p50", "x tcp", "RTT p99")
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-6s %12s %6s %9s %9s %6s %9s %6s %13s %11s\n",
+		"path", "throughput", "x tcp", "CPU s/GB", "RTT p50", "x tcp", "RTT p99", "x tcp", "allocs/write", "allocs/RTT")
 	for _, r := range results {
-		s += fmt.Sprintf("%-6s %9.2f Gb/s %8.2f %12s %8.2f %12s\n", r.Path, r.Throughput*8/1e9, r.Throughput/base.Throughput,
-			r.RTT50.Round(100*time.Nanosecond), float64(r.RTT50)/float64(base.RTT50), r.RTT99.Round(100*time.Nanosecond))
+		fmt.Fprintf(&b, "%-6s %7.2f Gb/s %6.2f %9.2f %9s %6.2f %9s %6.2f %13.1f %11.1f\n",
+			r.Path, r.Throughput*8/1e9, r.Throughput/base.Throughput, r.CPUPerGB,
+			r.RTT50.Round(100*time.Nanosecond), float64(r.RTT50)/float64(base.RTT50),
+			r.RTT99.Round(100*time.Nanosecond), float64(r.RTT99)/float64(base.RTT99),
+			r.AllocsPerWrite, r.AllocsPerRTT)
 	}
-	return s
+	return b.String()
 }
