@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ambit-mesh/ambit/nsnet"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -86,45 +87,9 @@ func inNetns(path string, fn func(h *netlink.Handle) error) error {
 	return fn(h)
 }
 
-// doInNetns runs fn on an OS thread switched into the namespace at path,
-// for work netlink handles cannot do (sysctls under /proc/sys/net).
-func doInNetns(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening netns %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering netns %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leaving netns %s: %w", path, err))
-			return // thread stays locked and dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // setSysctl writes a /proc/sys value inside the namespace at path.
 func setSysctl(path, key, value string) error {
-	return doInNetns(path, func() error {
+	return nsnet.Do(path, func() error {
 		p := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
 		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
 			return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, path, err)
