@@ -53,6 +53,25 @@ type Request struct {
 	ResponseHeader http.Header
 }
 
+// Stages at which the server refuses a connection or stream on its own,
+// before the handler sees a request.
+const (
+	StageTLS     = "tls"     // not TLS, or the handshake failed (no, wrong or foreign certificate)
+	StageHTTP2   = "http2"   // TLS without h2, TLS < 1.3, or no HTTP/2 preface
+	StageRequest = "request" // a stream that is not a valid CONNECT
+)
+
+// Refusal describes a connection or stream the server refused on its own.
+type Refusal struct {
+	Stage         string
+	Local, Remote net.Addr
+	Peer          identity.SPIFFE // zero before the TLS handshake completed
+	Authority     string          // StageRequest only, as sent
+	Code          int             // StageRequest only: the status answered (0 for a reset)
+	Err           error
+	Start         time.Time // when the connection (or stream) arrived
+}
+
 // StatusError is a refusal with the HTTP status the client gets.
 type StatusError struct {
 	Code   int
@@ -90,6 +109,11 @@ type Server struct {
 	TLSConfig *tls.Config
 	Handler   Handler
 	Logger    *slog.Logger
+	// OnRefused, if set, is told of every connection and stream the
+	// server refuses before the handler sees it, so that the caller can
+	// log and count it. (Refusals by the handler are the handler's to
+	// report.) It must not block.
+	OnRefused func(Refusal)
 	// MaxStreams per connection (default ServerMaxStreams).
 	MaxStreams int
 	// KeepaliveInterval and KeepaliveTimeout override the PING keepalive
@@ -106,6 +130,7 @@ type Server struct {
 	conns     map[*conn]struct{}
 	pending   map[net.Conn]struct{} // accepted, not yet speaking HTTP/2
 	closing   bool
+	draining  bool          // StartDrain: connections still in their handshake are served, then drained
 	idle      chan struct{} // closed and replaced when the last connection ends
 }
 
@@ -189,7 +214,7 @@ func (s *Server) Serve(l net.Listener) error {
 		nc, err := l.Accept()
 		if err != nil {
 			s.mu.Lock()
-			closing := s.closing
+			closing := s.closing || s.draining
 			s.mu.Unlock()
 			if closing {
 				return ErrServerClosed
@@ -260,8 +285,14 @@ func (s *Server) signalIdleLocked() {
 // serveConn runs the TLS handshake, checks the HBONE profile and the
 // HTTP/2 preface, then serves streams until the connection ends.
 func (s *Server) serveConn(nc net.Conn) {
+	start := time.Now()
 	setSocketOptions(nc)
 	log := s.Logger.With("peer", nc.RemoteAddr().String())
+	refused := func(stage string, peer identity.SPIFFE, err error) {
+		if s.OnRefused != nil {
+			s.OnRefused(Refusal{Stage: stage, Local: nc.LocalAddr(), Remote: nc.RemoteAddr(), Peer: peer, Err: err, Start: start})
+		}
+	}
 	bc := &batchConn{Conn: nc, pool: &s.bufs.batches}
 	tc := tls.Server(bc, s.tlsConf)
 	_ = nc.SetDeadline(time.Now().Add(HandshakeTimeout))
@@ -270,6 +301,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	cancel()
 	if err != nil {
 		log.Debug("HBONE TLS handshake failed", "error", err)
+		refused(StageTLS, identity.SPIFFE{}, fmt.Errorf("TLS handshake: %w", err))
 		tc.Close()
 		s.forgetPending(nc)
 		return
@@ -277,6 +309,8 @@ func (s *Server) serveConn(nc net.Conn) {
 	cs := tc.ConnectionState()
 	if cs.NegotiatedProtocol != "h2" || cs.Version != tls.VersionTLS13 || len(cs.PeerCertificates) == 0 {
 		log.Debug("HBONE connection refused: not h2 over mutual TLS 1.3", "alpn", cs.NegotiatedProtocol, "version", tls.VersionName(cs.Version))
+		peer, _ := identity.PeerIdentity(cs)
+		refused(StageHTTP2, peer, fmt.Errorf("not h2 over mutual TLS 1.3 (ALPN %q, %s)", cs.NegotiatedProtocol, tls.VersionName(cs.Version)))
 		tc.Close()
 		s.forgetPending(nc)
 		return
@@ -284,6 +318,11 @@ func (s *Server) serveConn(nc net.Conn) {
 	var preface [len(clientPreface)]byte
 	if _, err := io.ReadFull(tc, preface[:]); err != nil || string(preface[:]) != clientPreface {
 		log.Debug("HBONE connection refused: no HTTP/2 preface", "error", err)
+		peer, _ := identity.PeerIdentity(cs)
+		if err == nil {
+			err = errors.New("bad preface")
+		}
+		refused(StageHTTP2, peer, fmt.Errorf("no HTTP/2 client preface: %w", err))
 		tc.Close()
 		s.forgetPending(nc)
 		return
@@ -322,6 +361,12 @@ func (s *Server) serveConn(nc net.Conn) {
 	if err := c.startConn(); err != nil {
 		return
 	}
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		c.startDrain()
+	}
 	c.readLoop()
 }
 
@@ -338,9 +383,18 @@ func (s *Server) serveStream(c *conn, st *stream, fields []hpack.HeaderField, to
 	defer cancel()
 	defer st.Close()
 
-	refuse := func(code int, reason string, authority string) {
-		c.cfg.logger.Info("HBONE refused", "code", code, "reason", reason, "authority", authority, "identity", peer.String())
+	start := time.Now()
+	answer := func(code int, reason string, authority string) {
+		c.cfg.logger.Debug("HBONE refused", "code", code, "reason", reason, "authority", authority, "identity", peer.String())
 		_ = c.writeResponse(st, responseFields(code, nil), true)
+	}
+	// refuse answers a request the server itself refuses, and reports it.
+	refuse := func(code int, reason string, authority string) {
+		answer(code, reason, authority)
+		if s.OnRefused != nil {
+			s.OnRefused(Refusal{Stage: StageRequest, Local: c.nc.LocalAddr(), Remote: c.nc.RemoteAddr(), Peer: peer, Authority: authority,
+				Code: code, Err: errors.New(reason), Start: start})
+		}
 	}
 	if tooBig {
 		refuse(http.StatusBadRequest, "request header list too large", "")
@@ -350,10 +404,13 @@ func (s *Server) serveStream(c *conn, st *stream, fields []hpack.HeaderField, to
 	if err != nil {
 		var se *streamError
 		if errors.As(err, &se) {
-			c.cfg.logger.Info("HBONE malformed request", "error", se)
+			c.cfg.logger.Debug("HBONE malformed request", "error", se)
 			c.mu.Lock()
 			st.resetLocked(se.code)
 			c.mu.Unlock()
+			if s.OnRefused != nil {
+				s.OnRefused(Refusal{Stage: StageRequest, Local: c.nc.LocalAddr(), Remote: c.nc.RemoteAddr(), Peer: peer, Err: fmt.Errorf("malformed request: %w", se), Start: start})
+			}
 		}
 		return
 	}
@@ -382,7 +439,7 @@ func (s *Server) serveStream(c *conn, st *stream, fields []hpack.HeaderField, to
 				code = se.Code
 			}
 		}
-		refuse(code, reason, head.authority)
+		answer(code, reason, head.authority)
 		return
 	}
 	defer upstream.Close()
@@ -415,6 +472,22 @@ func tunnel(st *stream, upstream net.Conn) {
 		st.Close()
 	}
 	<-done
+}
+
+// StartDrain stops accepting and sends GOAWAY on every connection: open
+// streams go on, and clients open new connections elsewhere. Shutdown
+// then waits for the streams.
+func (s *Server) StartDrain() {
+	s.init()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.startDrain()
+	}
 }
 
 // Shutdown stops accepting, sends GOAWAY on every connection, and waits
