@@ -42,6 +42,10 @@ type Config struct {
 	AccessLog *slog.Logger
 	// Metrics, if set, counts connections and bytes.
 	Metrics *Metrics
+	// ConfigWait bounds how long a connection is held while the index is
+	// not ready or its source workload is unknown (default 5 s, as
+	// upstream's wait for the source workload); then it is refused.
+	ConfigWait time.Duration
 }
 
 // Ztunnel runs one proxy per enrolled pod. It implements zds.Handler.
@@ -64,17 +68,23 @@ func New(cfg Config) *Ztunnel {
 	if cfg.TrustDomain == "" {
 		cfg.TrustDomain = identity.DefaultTrustDomain
 	}
+	if cfg.ConfigWait <= 0 {
+		cfg.ConfigWait = 5 * time.Second
+	}
 	z := &Ztunnel{cfg: cfg, proxies: map[string]*podProxy{}}
 	if cfg.Index != nil {
 		cfg.Index.mu.Lock()
-		cfg.Index.onPolicyChange = z.recheck
+		cfg.Index.onChange = z.recheck
 		cfg.Index.mu.Unlock()
 	}
 	return z
 }
 
-// recheck re-evaluates every open inbound connection after a policy
-// change and closes those now denied (as upstream's policy watcher).
+// recheck re-evaluates every open inbound connection after the index
+// changed and closes those now denied (as upstream's policy watcher). It
+// runs on workload changes too: selector policies, and STRICT peer
+// authentication with port exceptions, reach a workload through its own
+// resource's policy list.
 func (z *Ztunnel) recheck() {
 	z.mu.Lock()
 	ps := make([]*podProxy, 0, len(z.proxies))
@@ -84,17 +94,21 @@ func (z *Ztunnel) recheck() {
 	z.mu.Unlock()
 	for _, p := range ps {
 		p.mu.Lock()
-		var denied []net.Conn
-		for c, ac := range p.inbound {
-			if d := p.authorize(ac); !d.Allow {
-				denied = append(denied, c)
-				z.cfg.AccessLog.Info("connection closed by policy", "direction", "inbound", "dst.workload", p.info.GetName(),
-					"src.addr", ac.SrcIP.String(), "dst.port", ac.DstPort, "policy", d.Policy, "reason", d.Reason)
+		var denied []*inboundConn
+		for ic := range p.inbound {
+			if d := p.authorize(ic.ac); !d.Allow {
+				denied = append(denied, ic)
+				attrs := []any{"direction", "inbound", "src.addr", ic.src.String(), "dst.addr", ic.dst.String(),
+					"dst.workload", p.info.GetName(), "dst.namespace", p.info.GetNamespace(), "policy", d.Policy, "reason", d.Reason}
+				if ic.ac.Src != nil {
+					attrs = append(attrs, "src.identity", ic.ac.Src.String())
+				}
+				z.cfg.AccessLog.Info("connection closed by policy", attrs...)
 			}
 		}
 		p.mu.Unlock()
-		for _, c := range denied {
-			c.Close()
+		for _, ic := range denied {
+			ic.close()
 		}
 	}
 }
@@ -174,8 +188,8 @@ func (z *Ztunnel) Pods() []PodInfo {
 	return out
 }
 
-// Drain stops every proxy: listeners close at once, open connections get
-// until ctx is done.
+// Drain stops every proxy: listeners close at once (if Handoff has not
+// closed them already), open connections get until ctx is done.
 func (z *Ztunnel) Drain(ctx context.Context) {
 	z.mu.Lock()
 	ps := make([]*podProxy, 0, len(z.proxies))
@@ -217,11 +231,20 @@ type podProxy struct {
 	pool     *hbone.Pool
 	conns    sync.WaitGroup
 	stopOnce sync.Once
+	lsOnce   sync.Once
 	stopped  chan struct{}
+	order    orderGate
 
 	mu      sync.Mutex
 	open    map[net.Conn]struct{}
-	inbound map[net.Conn]authz.Conn // authorized inbound connections, re-checked on policy changes
+	inbound map[*inboundConn]struct{} // inbound connections, re-checked on every change
+}
+
+// inboundConn is an inbound connection as the policy re-check sees it.
+type inboundConn struct {
+	ac       authz.Conn
+	src, dst netip.AddrPort
+	close    func()
 }
 
 func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.File, dev, ino uint64) (*podProxy, error) {
@@ -236,7 +259,7 @@ func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.Fi
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &podProxy{z: z, uid: uid, info: info, id: id, netns: netns, dev: dev, ino: ino,
 		path: fmt.Sprintf("/proc/self/fd/%d", netns.Fd()), ctx: ctx, cancel: cancel,
-		open: map[net.Conn]struct{}{}, inbound: map[net.Conn]authz.Conn{}, stopped: make(chan struct{})}
+		open: map[net.Conn]struct{}{}, inbound: map[*inboundConn]struct{}{}, stopped: make(chan struct{})}
 	p.pool = &hbone.Pool{
 		Logger:  z.cfg.Logger,
 		DialTCP: nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil),
@@ -251,6 +274,10 @@ func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.Fi
 		TLSConfig: identity.ServerTLSConfig(p.certFunc(id), p.bundleFunc(id), z.cfg.TrustDomain, nil),
 		Handler:   hbone.HandlerFunc(p.inboundHBONE),
 		Logger:    z.cfg.Logger,
+		OnRefused: p.hboneRefused,
+	}
+	if err := enableRequestMigration(p.path); err != nil {
+		z.cfg.Logger.Warn("tcp_migrate_req not set: a hand-off to a new ztunnel may reset queued connections", "pod", info.GetNamespace()+"/"+info.GetName(), "err", err)
 	}
 	opts := nsnet.SocketOptions{Mark: redirect.ZtunnelMark, ReusePort: true, Transparent: true}
 	for _, port := range []int{redirect.OutboundPort, redirect.InboundPort, redirect.HBONEPort} {
@@ -261,8 +288,8 @@ func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.Fi
 		}
 		p.ls = append(p.ls, l)
 	}
-	go p.serve(p.ls[0], p.outbound)
-	go p.serve(p.ls[1], p.inboundPlain)
+	go p.serve(p.ls[0], outboundKey, p.outbound)
+	go p.serve(p.ls[1], inboundKey, p.inboundPlain)
 	go func() { _ = p.hsrv.Serve(p.ls[2]) }()
 	// Fetch the certificate now, so the first connection does not wait.
 	go func() { _, _ = z.cfg.Certs.Get(ctx, id) }()
@@ -300,9 +327,7 @@ func (p *podProxy) stop(graceful bool) {
 		p.closeConns()
 	}
 	p.stopOnce.Do(func() {
-		for _, l := range p.ls {
-			l.Close()
-		}
+		p.closeListeners()
 		if graceful {
 			ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 			_ = p.hsrv.Shutdown(ctx)
@@ -317,6 +342,18 @@ func (p *podProxy) stop(graceful bool) {
 		close(p.stopped)
 	})
 	<-p.stopped
+}
+
+// closeListeners stops accepting on the pod's three ports; HBONE
+// connections get a GOAWAY (their open streams go on), so that peers open
+// new ones, to whoever listens now.
+func (p *podProxy) closeListeners() {
+	p.lsOnce.Do(func() {
+		for _, l := range p.ls {
+			l.Close()
+		}
+		p.hsrv.StartDrain()
+	})
 }
 
 func (p *podProxy) closeConns() {
@@ -337,16 +374,24 @@ func (p *podProxy) authorize(c authz.Conn) authz.Decision {
 	return authz.Evaluate(authz.Select(p.z.cfg.Index.Policies(), w), c)
 }
 
-// trackInbound remembers an authorized inbound connection for re-checks.
-func (p *podProxy) trackInbound(c net.Conn, ac authz.Conn) func() {
+// admitInbound registers an inbound connection for re-checks, then
+// authorizes it. Registering first means no policy change can fall
+// between the verdict and the registration unnoticed. The returned
+// function unregisters it.
+func (p *podProxy) admitInbound(ic *inboundConn) (authz.Decision, func()) {
 	p.mu.Lock()
-	p.inbound[c] = ac
+	p.inbound[ic] = struct{}{}
 	p.mu.Unlock()
-	return func() {
+	untrack := func() {
 		p.mu.Lock()
-		delete(p.inbound, c)
+		delete(p.inbound, ic)
 		p.mu.Unlock()
 	}
+	d := p.authorize(ic.ac)
+	if !d.Allow {
+		untrack()
+	}
+	return d, untrack
 }
 
 func (p *podProxy) track(c net.Conn) func() {
@@ -360,7 +405,26 @@ func (p *podProxy) track(c net.Conn) func() {
 	}
 }
 
-func (p *podProxy) serve(l net.Listener, handle func(*net.TCPConn)) {
+// captured is a connection accepted on 15001 or 15006, with its original
+// destination and its place in the set-up order.
+type captured struct {
+	c       *net.TCPConn
+	src     netip.AddrPort
+	orig    netip.AddrPort
+	origErr error
+	turn    *turn
+	start   time.Time
+}
+
+// outboundKey orders set-ups per original destination (the source is the
+// pod); inboundKey per client address and destination.
+func outboundKey(c *captured) string { return c.orig.String() }
+func inboundKey(c *captured) string  { return c.src.Addr().String() + ">" + c.orig.String() }
+
+// serve accepts captured connections. The original destination is read
+// and the set-up place reserved here, in accept order; the rest runs on
+// the connection's own goroutine.
+func (p *podProxy) serve(l net.Listener, key func(*captured) string, handle func(*captured)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -370,13 +434,22 @@ func (p *podProxy) serve(l net.Listener, handle func(*net.TCPConn)) {
 			}
 			return
 		}
+		tc := c.(*net.TCPConn)
+		cc := &captured{c: tc, start: time.Now()}
+		cc.src, _ = netip.ParseAddrPort(c.RemoteAddr().String())
+		cc.src = netip.AddrPortFrom(cc.src.Addr().Unmap(), cc.src.Port())
+		cc.orig, cc.origErr = redirect.OriginalDst(tc)
+		if cc.origErr == nil {
+			cc.turn = p.order.reserve(key(cc))
+		}
 		p.conns.Add(1)
 		go func() {
 			defer p.conns.Done()
 			defer c.Close()
+			defer cc.turn.done()
 			untrack := p.track(c)
 			defer untrack()
-			handle(c.(*net.TCPConn))
+			handle(cc)
 		}()
 	}
 }
@@ -424,28 +497,58 @@ func isZtunnelPort(p uint16) bool {
 	return p == redirect.OutboundPort || p == redirect.InboundPort || p == redirect.HBONEPort
 }
 
+// waitConfig holds a connection until the index is ready (the first full
+// state of workloads and policies has arrived), for at most ConfigWait.
+// A ztunnel that just started knows no workload yet: treating every
+// destination as unknown would send it in plaintext (passthrough), and
+// treating "no policy" as allow would admit what a policy denies.
+func (p *podProxy) waitConfig() error {
+	ctx, cancel := context.WithTimeout(p.ctx, p.z.cfg.ConfigWait)
+	defer cancel()
+	return p.z.cfg.Index.WaitReady(ctx)
+}
+
 // outbound handles a connection the pod's app opened (captured on 15001).
-func (p *podProxy) outbound(c *net.TCPConn) {
-	start := time.Now()
-	src := netip.MustParseAddrPort(c.RemoteAddr().String())
-	orig, err := redirect.OriginalDst(c)
-	if err != nil {
-		p.z.cfg.Logger.Warn("outbound: no original destination", "err", err)
+func (p *podProxy) outbound(cc *captured) {
+	c, src, orig := cc.c, cc.src, cc.orig
+	log := accessLog{direction: "outbound", src: src, srcID: p.id, srcPod: p.info, dst: orig, start: cc.start}
+	ml := connLabels{reporter: "source", srcID: p.id, srcNS: p.info.GetNamespace(), srcName: p.info.GetName(), responseFlags: "CONNECT"}
+	refuse := func(err error) {
+		log.fail(p.z.cfg.AccessLog, err)
+		p.z.cfg.Metrics.fail(ml)
+	}
+	if cc.origErr != nil {
+		refuse(fmt.Errorf("no original destination: %w", cc.origErr))
 		return
 	}
-	log := accessLog{direction: "outbound", src: src, srcID: p.id, srcPod: p.info, dst: orig, start: start}
 	if orig.Addr().IsLoopback() && isZtunnelPort(orig.Port()) {
-		log.fail(p.z.cfg.AccessLog, errors.New("connection to a ztunnel port refused"))
+		refuse(errors.New("connection to a ztunnel port refused"))
 		return
 	}
-	ml := connLabels{reporter: "source", src: p.z.cfg.Index.WorkloadByIP(src.Addr()), srcID: p.id, srcNS: p.info.GetNamespace(), srcName: p.info.GetName()}
+	if err := p.waitConfig(); err != nil {
+		refuse(fmt.Errorf("held %v, then refused: %w", p.z.cfg.ConfigWait, err))
+		return
+	}
+	// As upstream, the source must be a known workload (it may lag the
+	// pod's enrollment by a moment).
+	wctx, wcancel := context.WithTimeout(p.ctx, p.z.cfg.ConfigWait)
+	ml.src = p.z.cfg.Index.WaitWorkloadByIP(wctx, src.Addr())
+	wcancel()
+	if ml.src == nil {
+		refuse(fmt.Errorf("unknown source workload %s", src.Addr()))
+		return
+	}
+	// The set-up deadline starts before the wait for earlier connections,
+	// so a stuck predecessor holds this one no longer than its own.
+	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
+	defer cancel()
+	cc.turn.wait(ctx)
 	rt, err := p.z.resolve(orig)
 	if err != nil {
-		log.fail(p.z.cfg.AccessLog, err)
-		ml.responseFlags = "CONNECT"
-		p.z.cfg.Metrics.fail(ml)
+		refuse(err)
 		return
 	}
+	ml.responseFlags = ""
 	log.route = rt
 	ml.dst, ml.service, ml.mtls = rt.dst, rt.service, rt.kind == "hbone"
 	if rt.dst != nil {
@@ -454,7 +557,6 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 			ml.dstID = rt.expect
 		}
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
 	var up net.Conn
 	switch rt.kind {
 	case "hbone":
@@ -473,7 +575,7 @@ func (p *podProxy) outbound(c *net.TCPConn) {
 	default:
 		up, err = nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil)(ctx, "tcp", rt.addr.String())
 	}
-	cancel()
+	cc.turn.done()
 	p.relay(c, up, err, &log, ml)
 }
 
@@ -496,89 +598,156 @@ func (p *podProxy) relay(c, up net.Conn, err error, log *accessLog, ml connLabel
 }
 
 // inboundHBONE authorizes and connects an HBONE stream to the pod's app
-// (facts §1.3, after the server's method and authority checks).
+// (facts §1.3, after the server's method and authority checks). Every
+// refusal leaves one access-log line and one failed-connection count.
 func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn, error) {
+	start := time.Now()
+	src, _ := netip.ParseAddrPort(r.RemoteAddr.String())
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	peer := r.Peer
+	log := accessLog{direction: "inbound", src: src, srcID: peer, dstPod: p.info, dstID: p.id, start: start,
+		dst: netip.AddrPortFrom(r.Target.Addr.Addr().Unmap(), r.Target.Port), hboneAddr: r.Target.String()}
+	ml := connLabels{reporter: "destination", srcID: peer, srcNS: peer.Namespace, dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), mtls: true}
+	refuse := func(code int, flags string, err error) error {
+		ml.responseFlags = flags
+		log.fail(p.z.cfg.AccessLog, err)
+		p.z.cfg.Metrics.fail(ml)
+		return &hbone.StatusError{Code: code, Reason: err.Error()}
+	}
 	if !r.Target.IsIP() {
-		return nil, &hbone.StatusError{Code: http.StatusBadRequest, Reason: "hostname targets are not supported here"}
+		return nil, refuse(http.StatusBadRequest, "CONNECT", errors.New("hostname targets are not supported here"))
 	}
 	local, ok := r.LocalAddr.(*net.TCPAddr)
 	if !ok || local.AddrPort().Addr().Unmap() != r.Target.Addr.Addr().Unmap() {
-		return nil, &hbone.StatusError{Code: http.StatusBadRequest, Reason: fmt.Sprintf("target %s is not this pod (%v)", r.Target, r.LocalAddr)}
+		return nil, refuse(http.StatusBadRequest, "CONNECT", fmt.Errorf("target %s is not this pod (%v)", r.Target, r.LocalAddr))
 	}
 	if isZtunnelPort(r.Target.Port) {
-		return nil, &hbone.StatusError{Code: http.StatusServiceUnavailable, Reason: fmt.Sprintf("port %d is ztunnel's", r.Target.Port)}
+		return nil, refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("port %d is ztunnel's", r.Target.Port))
 	}
-	var srcIP netip.Addr
-	if src, ok := r.RemoteAddr.(*net.TCPAddr); ok {
-		srcIP = src.AddrPort().Addr().Unmap()
+	if err := p.waitConfig(); err != nil {
+		return nil, refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("held %v, then refused: %w", p.z.cfg.ConfigWait, err))
 	}
-	peer := r.Peer
-	ac := authz.Conn{Src: &peer, SrcIP: srcIP, DstIP: r.Target.Addr.Addr().Unmap(), DstPort: r.Target.Port}
-	if d := p.authorize(ac); !d.Allow {
-		p.z.cfg.AccessLog.Info("connection denied", "direction", "inbound", "src.addr", r.RemoteAddr.String(), "src.identity", peer.String(),
-			"dst.addr", r.Target.String(), "dst.workload", p.info.GetName(), "dst.namespace", p.info.GetNamespace(), "policy", d.Policy, "reason", d.Reason)
-		p.z.cfg.Metrics.fail(connLabels{reporter: "destination", srcID: peer, srcNS: peer.Namespace, dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), mtls: true, responseFlags: "DENY"})
-		return nil, &hbone.StatusError{Code: http.StatusUnauthorized, Reason: d.Reason}
-	}
-	ml := connLabels{reporter: "destination", src: p.z.cfg.Index.WorkloadByIP(srcIP), srcID: r.Peer, srcNS: r.Peer.Namespace,
-		dst: p.z.cfg.Index.WorkloadByIP(r.Target.Addr.Addr()), dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), mtls: true}
+	x := p.z.cfg.Index
+	ml.src, ml.dst = x.WorkloadByIP(src.Addr()), x.WorkloadByIP(log.dst.Addr())
 	if ml.src != nil {
 		ml.srcName = ml.src.GetName()
 	}
-	up, err := p.dialApp(ctx, srcIP, r.Target.Addr)
-	if err != nil {
-		ml.responseFlags = "CONNECT"
+	ml.service = x.GuessInboundService(ml.dst, r.Target.Port, "")
+	log.service = ml.service
+	ic := &inboundConn{ac: authz.Conn{Src: &peer, SrcIP: src.Addr(), DstIP: log.dst.Addr(), DstPort: r.Target.Port}, src: src, dst: log.dst}
+	var closed sync.Once
+	done := make(chan struct{})
+	ic.close = func() { closed.Do(func() { close(done) }) }
+	d, untrack := p.admitInbound(ic)
+	if !d.Allow {
+		p.z.cfg.AccessLog.Info("connection denied", "direction", "inbound", "src.addr", src.String(), "src.identity", peer.String(),
+			"dst.addr", r.Target.String(), "dst.workload", p.info.GetName(), "dst.namespace", p.info.GetNamespace(), "policy", d.Policy, "reason", d.Reason)
+		ml.responseFlags = "DENY"
 		p.z.cfg.Metrics.fail(ml)
-		return nil, &hbone.StatusError{Code: http.StatusServiceUnavailable, Reason: "connecting to the application: " + err.Error()}
+		return nil, &hbone.StatusError{Code: http.StatusUnauthorized, Reason: d.Reason}
 	}
-	closed := p.z.cfg.Metrics.open(ml)
-	untrack := p.track(up)
-	untrackInbound := func() {}
-	attrs := []any{"direction", "inbound", "src.addr", r.RemoteAddr.String(), "src.identity", r.Peer.String(),
-		"dst.addr", r.Target.String(), "dst.hbone_addr", r.Target.String(), "dst.namespace", p.info.GetNamespace(),
-		"dst.workload", p.info.GetName(), "dst.identity", p.id.String()}
-	lc := &loggedConn{Conn: up, start: time.Now()}
-	untrackInbound = p.trackInbound(lc, ac)
-	lc.onClose = func(sent, recv int64, d time.Duration) {
+	up, err := p.dialApp(ctx, src.Addr(), r.Target.Addr)
+	if err != nil {
 		untrack()
-		untrackInbound()
-		closed(sent, recv)
-		p.z.cfg.AccessLog.Info("connection complete", append(attrs, "bytes_sent", sent, "bytes_recv", recv,
-			"duration", d.Round(time.Millisecond).String())...)
+		return nil, refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("connecting to the application: %w", err))
+	}
+	lc := &loggedConn{Conn: up}
+	// A re-check that denies the connection closes the app side; the
+	// tunnel then ends the stream.
+	go func() {
+		select {
+		case <-done:
+			up.Close()
+		case <-p.ctx.Done():
+		}
+	}()
+	untrackConn := p.track(up)
+	closedMetric := p.z.cfg.Metrics.open(ml)
+	lc.onClose = func(fromClient, toClient int64) {
+		ic.close()
+		untrack()
+		untrackConn()
+		// Bytes as seen from the client: what it sent reached the app.
+		log.sent, log.recv = fromClient, toClient
+		// Metrics count as the plaintext path does: sent is app to client.
+		closedMetric(toClient, fromClient)
+		log.done(p.z.cfg.AccessLog)
 	}
 	return lc, nil
 }
 
+// hboneRefused records a connection or stream the HBONE server refused
+// before the handler saw it: not TLS, a wrong or missing certificate, not
+// HTTP/2, a malformed request.
+func (p *podProxy) hboneRefused(r hbone.Refusal) {
+	src, _ := netip.ParseAddrPort(r.Remote.String())
+	dst, _ := netip.ParseAddrPort(r.Local.String())
+	log := accessLog{direction: "inbound", src: netip.AddrPortFrom(src.Addr().Unmap(), src.Port()), srcID: r.Peer,
+		dst: netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()), dstPod: p.info, dstID: p.id, start: r.Start, hboneAddr: r.Authority}
+	ml := connLabels{reporter: "destination", srcID: r.Peer, srcNS: r.Peer.Namespace, dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName()}
+	switch r.Stage {
+	case hbone.StageTLS:
+		ml.responseFlags = "TLS_FAILURE"
+	case hbone.StageHTTP2:
+		ml.responseFlags = "H2_HANDSHAKE_FAILURE"
+		ml.mtls = true
+	default:
+		ml.responseFlags = "CONNECT"
+		ml.mtls = true
+	}
+	ml.dst = p.z.cfg.Index.WorkloadByIP(log.dst.Addr())
+	log.fail(p.z.cfg.AccessLog, fmt.Errorf("HBONE %s refused: %w", r.Stage, r.Err))
+	p.z.cfg.Metrics.fail(ml)
+}
+
 // inboundPlain handles plaintext arriving on 15006 from outside the mesh.
-func (p *podProxy) inboundPlain(c *net.TCPConn) {
-	start := time.Now()
-	src := netip.MustParseAddrPort(c.RemoteAddr().String())
-	orig, err := redirect.OriginalDst(c)
-	if err != nil {
+func (p *podProxy) inboundPlain(cc *captured) {
+	c, src, orig := cc.c, cc.src, cc.orig
+	log := accessLog{direction: "inbound", src: src, dst: orig, dstPod: p.info, dstID: p.id, start: cc.start, plaintext: true}
+	ml := connLabels{reporter: "destination", dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), responseFlags: "CONNECT"}
+	refuse := func(err error) {
+		log.fail(p.z.cfg.AccessLog, err)
+		p.z.cfg.Metrics.fail(ml)
+	}
+	if cc.origErr != nil {
+		refuse(fmt.Errorf("no original destination: %w", cc.origErr))
 		return
 	}
-	log := accessLog{direction: "inbound", src: src, dst: orig, dstPod: p.info, dstID: p.id, start: start, plaintext: true}
 	if isZtunnelPort(orig.Port()) {
-		log.fail(p.z.cfg.AccessLog, errors.New("plaintext to a ztunnel port"))
+		refuse(errors.New("plaintext to a ztunnel port"))
 		return
 	}
-	ml := connLabels{reporter: "destination", src: p.z.cfg.Index.WorkloadByIP(src.Addr()), dst: p.z.cfg.Index.WorkloadByIP(orig.Addr()),
-		dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName()}
-	ac := authz.Conn{SrcIP: src.Addr(), DstIP: orig.Addr(), DstPort: orig.Port()}
-	if d := p.authorize(ac); !d.Allow {
+	if err := p.waitConfig(); err != nil {
+		refuse(fmt.Errorf("held %v, then refused: %w", p.z.cfg.ConfigWait, err))
+		return
+	}
+	x := p.z.cfg.Index
+	ml.src, ml.dst = x.WorkloadByIP(src.Addr()), x.WorkloadByIP(orig.Addr())
+	if ml.src != nil {
+		ml.srcNS, ml.srcName = ml.src.GetNamespace(), ml.src.GetName()
+	}
+	ml.service = x.GuessInboundService(ml.dst, orig.Port(), "")
+	log.service = ml.service
+	ic := &inboundConn{ac: authz.Conn{SrcIP: src.Addr(), DstIP: orig.Addr(), DstPort: orig.Port()}, src: src, dst: orig}
+	ic.close = func() { c.Close() }
+	d, untrack := p.admitInbound(ic)
+	if !d.Allow {
 		p.z.cfg.AccessLog.Info("connection denied", "direction", "inbound", "src.addr", src.String(), "dst.addr", orig.String(),
 			"dst.workload", p.info.GetName(), "dst.namespace", p.info.GetNamespace(), "policy", d.Policy, "reason", d.Reason)
 		ml.responseFlags = "DENY"
 		p.z.cfg.Metrics.fail(ml)
 		return
 	}
-	defer p.trackInbound(c, ac)()
-	if ml.src != nil {
-		ml.srcNS, ml.srcName = ml.src.GetNamespace(), ml.src.GetName()
-	}
+	defer untrack()
+	ml.responseFlags = ""
 	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
+	cc.turn.wait(ctx)
 	up, err := p.dialApp(ctx, src.Addr(), orig)
 	cancel()
+	cc.turn.done()
+	if err != nil {
+		ml.responseFlags = "CONNECT"
+	}
 	p.relay(c, up, err, &log, ml)
 }
 
@@ -617,24 +786,25 @@ func closeWrite(c net.Conn) {
 	}
 }
 
-// loggedConn counts bytes and reports when closed.
+// loggedConn counts the bytes of an inbound HBONE connection to the app
+// (read: app to client; write: client to app) and reports them once, when
+// the tunnel closes it.
 type loggedConn struct {
 	net.Conn
-	sent, recv int64
-	start      time.Time
-	once       sync.Once
-	onClose    func(sent, recv int64, d time.Duration)
+	fromClient, toClient int64
+	once                 sync.Once
+	onClose              func(fromClient, toClient int64)
 }
 
 func (c *loggedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	c.sent += int64(n)
+	c.toClient += int64(n)
 	return n, err
 }
 
 func (c *loggedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
-	c.recv += int64(n)
+	c.fromClient += int64(n)
 	return n, err
 }
 
@@ -647,7 +817,7 @@ func (c *loggedConn) CloseWrite() error {
 
 func (c *loggedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.onClose(c.sent, c.recv, time.Since(c.start)) })
+	c.once.Do(func() { c.onClose(c.fromClient, c.toClient) })
 	return err
 }
 
@@ -660,9 +830,11 @@ type accessLog struct {
 	dst        netip.AddrPort
 	dstID      identity.SPIFFE
 	dstPod     *zdsapi.WorkloadInfo
+	hboneAddr  string               // inbound: the CONNECT target
+	service    *workloadapi.Service // inbound: the service inferred
 	route      route
 	start      time.Time
-	sent, recv int64
+	sent, recv int64 // client to destination, destination to client
 	plaintext  bool
 }
 
@@ -679,11 +851,16 @@ func (a *accessLog) attrs() []any {
 		attrs = append(attrs, "dst.addr", a.route.addr.String(), "dst.hbone_addr", a.route.authority)
 	case "":
 		attrs = append(attrs, "dst.addr", a.dst.String())
+		if a.hboneAddr != "" {
+			attrs = append(attrs, "dst.hbone_addr", a.hboneAddr)
+		}
 	default:
 		attrs = append(attrs, "dst.addr", a.route.addr.String())
 	}
 	if a.route.service != nil {
 		attrs = append(attrs, "dst.service", a.route.service.GetHostname())
+	} else if a.service != nil {
+		attrs = append(attrs, "dst.service", a.service.GetHostname())
 	}
 	if w := a.route.dst; w != nil {
 		attrs = append(attrs, "dst.workload", w.GetName(), "dst.namespace", w.GetNamespace())
@@ -693,6 +870,9 @@ func (a *accessLog) attrs() []any {
 	}
 	if a.dstPod != nil {
 		attrs = append(attrs, "dst.workload", a.dstPod.GetName(), "dst.namespace", a.dstPod.GetNamespace())
+		if !a.dstID.IsZero() && !a.plaintext {
+			attrs = append(attrs, "dst.identity", a.dstID.String())
+		}
 	}
 	if a.route.kind != "" {
 		attrs = append(attrs, "route", a.route.kind)

@@ -7,6 +7,8 @@
 package ztunnel
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -29,25 +31,121 @@ type Index struct {
 	byVIP     map[netip.Addr]*workloadapi.Service
 	policies  map[string]*security.Authorization // by namespace/name
 	version   uint64
-	// onPolicyChange, if set, runs after policies change (ztunnel then
-	// re-checks open connections).
-	onPolicyChange func()
+
+	// haveAddresses and havePolicies are set once the first full state of
+	// each type has arrived; ready is closed when both are.
+	haveAddresses, havePolicies bool
+	ready                       chan struct{}
+	// changed is closed and replaced on every update, to wake waiters.
+	changed chan struct{}
+	// onChange, if set, runs after every update (ztunnel then re-checks
+	// open connections: a selector policy reaches a workload through the
+	// workload's own resource, so a workload change can change a verdict).
+	onChange func()
 }
 
-// NewIndex returns an empty index.
+// NewIndex returns an empty index that is not ready.
 func NewIndex() *Index {
 	return &Index{workloads: map[string]*workloadapi.Workload{}, byIP: map[netip.Addr]*workloadapi.Workload{},
-		services: map[string]*workloadapi.Service{}, byVIP: map[netip.Addr]*workloadapi.Service{}, policies: map[string]*security.Authorization{}}
+		services: map[string]*workloadapi.Service{}, byVIP: map[netip.Addr]*workloadapi.Service{}, policies: map[string]*security.Authorization{},
+		ready: make(chan struct{}), changed: make(chan struct{})}
+}
+
+// ErrNotReady is returned while the index has not yet had the control
+// plane's first full state of workloads and policies.
+var ErrNotReady = errors.New("no configuration from the control plane yet")
+
+// Ready is closed once the first full states of both workloads and
+// policies have arrived. Until then the data path must hold or refuse
+// connections: an unknown destination is not yet "outside the mesh", and
+// no policy is not yet "allow".
+func (x *Index) Ready() <-chan struct{} { return x.ready }
+
+// WaitReady waits until the index is ready or ctx is done.
+func (x *Index) WaitReady(ctx context.Context) error {
+	select {
+	case <-x.ready:
+		return nil
+	default:
+	}
+	select {
+	case <-x.ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrNotReady, context.Cause(ctx))
+	}
+}
+
+// IsReady reports whether the index is ready.
+func (x *Index) IsReady() bool {
+	select {
+	case <-x.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitWorkloadByIP returns the workload with address ip, waiting for it
+// to arrive until ctx is done (then it returns nil).
+func (x *Index) WaitWorkloadByIP(ctx context.Context, ip netip.Addr) *workloadapi.Workload {
+	for {
+		x.mu.RLock()
+		w, ch := x.byIP[ip.Unmap()], x.changed
+		x.mu.RUnlock()
+		if w != nil {
+			return w
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// markSynced records that a full state of addresses (or policies) has
+// arrived; x.mu must be held.
+func (x *Index) markSyncedLocked(addresses bool) {
+	if addresses {
+		x.haveAddresses = true
+	} else {
+		x.havePolicies = true
+	}
+	if x.haveAddresses && x.havePolicies && !x.IsReady() {
+		close(x.ready)
+	}
+}
+
+// changedLocked wakes waiters and returns the change hook; x.mu must be
+// held, and the hook run after it is released.
+func (x *Index) changedLocked() func() {
+	x.version++
+	close(x.changed)
+	x.changed = make(chan struct{})
+	return x.onChange
+}
+
+func runHook(h func()) {
+	if h != nil {
+		h()
+	}
 }
 
 // ServiceKey is a service's resource name: namespace/hostname.
 func ServiceKey(s *workloadapi.Service) string { return s.GetNamespace() + "/" + s.GetHostname() }
 
 // Update applies a delta: resources added or changed, and names removed
-// (workload uids or service namespace/hostname).
-func (x *Index) Update(upserts []*workloadapi.Address, removed []string) {
+// (workload uids or service namespace/hostname). full says the delta
+// completes a full state (the first response of a stream).
+func (x *Index) Update(upserts []*workloadapi.Address, removed []string, full bool) {
 	x.mu.Lock()
-	defer x.mu.Unlock()
+	hook := x.apply(upserts, removed, full)
+	x.mu.Unlock()
+	runHook(hook)
+}
+
+func (x *Index) apply(upserts []*workloadapi.Address, removed []string, full bool) func() {
 	for _, name := range removed {
 		if w, ok := x.workloads[name]; ok {
 			x.unindexWorkload(w)
@@ -85,7 +183,10 @@ func (x *Index) Update(upserts []*workloadapi.Address, removed []string) {
 			}
 		}
 	}
-	x.version++
+	if full {
+		x.markSyncedLocked(true)
+	}
+	return x.changedLocked()
 }
 
 func (x *Index) unindexWorkload(w *workloadapi.Workload) {
@@ -246,8 +347,9 @@ func (x *Index) staleNames(full []*workloadapi.Address) []string {
 	return out
 }
 
-// UpdatePolicies applies a delta of authorization policies.
-func (x *Index) UpdatePolicies(upserts []*security.Authorization, removed []string) {
+// UpdatePolicies applies a delta of authorization policies; full as for
+// Update.
+func (x *Index) UpdatePolicies(upserts []*security.Authorization, removed []string, full bool) {
 	x.mu.Lock()
 	for _, name := range removed {
 		delete(x.policies, name)
@@ -255,11 +357,12 @@ func (x *Index) UpdatePolicies(upserts []*security.Authorization, removed []stri
 	for _, p := range upserts {
 		x.policies[p.GetNamespace()+"/"+p.GetName()] = p
 	}
-	hook := x.onPolicyChange
-	x.mu.Unlock()
-	if hook != nil {
-		hook()
+	if full {
+		x.markSyncedLocked(false)
 	}
+	hook := x.changedLocked()
+	x.mu.Unlock()
+	runHook(hook)
 }
 
 // Policies returns every policy, sorted by name.

@@ -36,7 +36,7 @@ type WDSClient struct {
 
 // Synced reports whether the first full state has arrived on the current
 // stream.
-func (c *WDSClient) Synced() bool { return c.synced.Load() }
+func (c *WDSClient) Synced() bool { return c.synced.Load() && c.Index.IsReady() }
 
 // Run streams updates until ctx is done.
 func (c *WDSClient) Run(ctx context.Context) error {
@@ -101,13 +101,14 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 				c.Logger.Error("WDS update rejected", "err", bad)
 			} else {
 				removed := resp.GetRemovedResources()
+				full := first
 				if first {
 					// A new stream starts with the full state: forget
 					// what it no longer has.
 					removed = append(removed, c.Index.staleNames(upserts)...)
 					first = false
 				}
-				c.Index.Update(upserts, removed)
+				c.Index.Update(upserts, removed, full)
 				c.synced.Store(true)
 				c.Logger.Info("WDS update", "upserts", len(upserts), "removed", len(removed))
 			}
@@ -128,11 +129,12 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 				c.Logger.Error("authorization update rejected", "err", bad)
 			} else {
 				removed := resp.GetRemovedResources()
+				full := firstPolicies
 				if firstPolicies {
 					removed = append(removed, c.Index.stalePolicies(ps)...)
 					firstPolicies = false
 				}
-				c.Index.UpdatePolicies(ps, removed)
+				c.Index.UpdatePolicies(ps, removed, full)
 				c.Logger.Info("authorization update", "upserts", len(ps), "removed", len(removed))
 			}
 		}
