@@ -1,6 +1,7 @@
 package local
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -138,56 +139,142 @@ type podLister []*corev1.Pod
 
 func (l podLister) Pods() []*corev1.Pod { return l }
 
-// runZtunnel runs a node's ztunnel inside the node namespace, restarting
-// it if it exits, until ctx is done (then it drains it with SIGTERM).
+// Restart backoff of a node's ztunnel: the wait after a crash doubles
+// from ztunnelBackoffMin to ztunnelBackoffMax, and starts again from the
+// minimum once a run has stayed up for ztunnelHealthyAfter.
+const (
+	ztunnelBackoffMin   = 200 * time.Millisecond
+	ztunnelBackoffMax   = 10 * time.Second
+	ztunnelHealthyAfter = 3 * time.Second
+	// ztunnelStopTimeout bounds a ztunnel's drain when the mesh goes down.
+	ztunnelStopTimeout = 10 * time.Second
+)
+
+// restartBackoff is the wait before restarting a process that exited.
+type restartBackoff struct {
+	min, max, healthyAfter time.Duration
+	next                   time.Duration
+}
+
+// after returns the wait before the next start, given how long the run
+// that just ended lasted.
+func (b *restartBackoff) after(ran time.Duration) time.Duration {
+	if b.next == 0 || ran >= b.healthyAfter {
+		b.next = b.min
+	}
+	d := b.next
+	b.next = min(2*b.next, b.max)
+	return d
+}
+
+// runZtunnel runs a node's ztunnel inside the node namespace until ctx is
+// done, restarting it if it exits (with backoff). A ztunnel told to stop
+// with SIGTERM says so on a pipe before it closes anything: its
+// replacement starts at once, binds every pod's listeners next to the old
+// ones (SO_REUSEPORT), and the old one hands over and drains in the
+// background, so that no new connection is refused (facts §4.5).
 func (s *Supervisor) runZtunnel(ctx context.Context, n NodeStatus, dir string) {
-	backoff := 500 * time.Millisecond
+	backoff := restartBackoff{min: ztunnelBackoffMin, max: ztunnelBackoffMax, healthyAfter: ztunnelHealthyAfter}
+	var draining sync.WaitGroup
+	defer draining.Wait()
 	for ctx.Err() == nil {
-		logf, err := os.OpenFile(s.paths.ZtunnelLog(n.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		zp, err := s.startZtunnel(n, dir)
 		if err != nil {
-			s.Logger.Error("ztunnel log", "err", err)
-			return
-		}
-		cmd := exec.Command(s.self, "local", "nsexec", "--die-with-parent", n.Netns, "--", s.self, "ztunnel",
-			"--node", n.Name, "--control-plane", fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort),
-			"--credential-dir", dir, "--zds-socket", filepath.Join(dir, "ztunnel.sock"),
-			"--admin", "127.0.0.1:15000", "--readiness", ":15021", "--log-format", "json")
-		cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
-		cmd.Env = []string{"PATH=" + s.binDir + ":/usr/sbin:/usr/bin:/sbin:/bin"}
-		if v := os.Getenv("GOMAXPROCS"); v != "" {
-			cmd.Env = append(cmd.Env, "GOMAXPROCS="+v) // e.g. to compare worker counts in benchmarks
-		}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			logf.Close()
 			s.Logger.Error("starting ztunnel", "node", n.Name, "err", err)
 			return
 		}
-		s.Logger.Info("ztunnel started", "node", n.Name, "pid", cmd.Process.Pid)
-		waited := make(chan error, 1)
-		go func() { waited <- cmd.Wait() }()
+		s.Logger.Info("ztunnel started", "node", n.Name, "pid", zp.cmd.Process.Pid)
 		select {
-		case err := <-waited:
-			logf.Close()
-			s.Logger.Warn("ztunnel exited; restarting", "node", n.Name, "err", err, "backoff", backoff)
+		case err := <-zp.exited:
+			d := backoff.after(time.Since(zp.started))
+			s.Logger.Warn("ztunnel exited; restarting", "node", n.Name, "err", err, "ran", time.Since(zp.started).Round(time.Millisecond), "backoff", d)
 			select {
-			case <-time.After(backoff):
+			case <-time.After(d):
 			case <-ctx.Done():
 				return
 			}
-			backoff = min(2*backoff, 10*time.Second)
+		case <-zp.draining:
+			s.Logger.Info("ztunnel draining; starting its replacement", "node", n.Name, "pid", zp.cmd.Process.Pid)
+			draining.Add(1)
+			go func() {
+				defer draining.Done()
+				select {
+				case err := <-zp.exited:
+					s.Logger.Info("drained ztunnel exited", "node", n.Name, "pid", zp.cmd.Process.Pid, "err", err)
+				case <-ctx.Done():
+					zp.stop()
+				}
+			}()
 		case <-ctx.Done():
-			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
-			select {
-			case <-waited:
-			case <-time.After(10 * time.Second):
-				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-				<-waited
-			}
-			logf.Close()
+			zp.stop()
 			return
 		}
 	}
+}
+
+// ztunnelProc is one run of a node's ztunnel.
+type ztunnelProc struct {
+	cmd      *exec.Cmd
+	started  time.Time
+	exited   chan error    // receives the exit once
+	draining chan struct{} // closed when the ztunnel says it drains
+}
+
+// stop ends a ztunnel when the mesh goes down: SIGINT (no hand-off to
+// wait for), then SIGKILL after ztunnelStopTimeout.
+func (zp *ztunnelProc) stop() {
+	_ = syscall.Kill(zp.cmd.Process.Pid, syscall.SIGINT)
+	select {
+	case <-zp.exited:
+	case <-time.After(ztunnelStopTimeout):
+		_ = syscall.Kill(-zp.cmd.Process.Pid, syscall.SIGKILL)
+		<-zp.exited
+	}
+}
+
+func (s *Supervisor) startZtunnel(n NodeStatus, dir string) (*ztunnelProc, error) {
+	logf, err := os.OpenFile(s.paths.ZtunnelLog(n.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("ztunnel log: %w", err)
+	}
+	// The ztunnel writes "draining" on fd 3 when it starts to drain.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("ztunnel drain pipe: %w", err)
+	}
+	cmd := exec.Command(s.self, "local", "nsexec", "--die-with-parent", n.Netns, "--", s.self, "ztunnel",
+		"--node", n.Name, "--control-plane", fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort),
+		"--credential-dir", dir, "--zds-socket", filepath.Join(dir, "ztunnel.sock"),
+		"--admin", "127.0.0.1:15000", "--readiness", ":15021", "--log-format", "json", "--drain-notify-fd", "3")
+	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.Env = []string{"PATH=" + s.binDir + ":/usr/sbin:/usr/bin:/sbin:/bin"}
+	if v := os.Getenv("GOMAXPROCS"); v != "" {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+v) // e.g. to compare worker counts in benchmarks
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		logf.Close()
+		pr.Close()
+		return nil, err
+	}
+	zp := &ztunnelProc{cmd: cmd, started: time.Now(), exited: make(chan error, 1), draining: make(chan struct{})}
+	go func() {
+		defer pr.Close()
+		line, _ := bufio.NewReader(pr).ReadString('\n')
+		if strings.TrimSpace(line) == "draining" {
+			close(zp.draining)
+		}
+	}()
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		zp.exited <- err
+	}()
+	return zp, nil
 }
 
 // setNamespace records a namespace and returns whether its labels changed.

@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,9 +26,32 @@ import (
 	"github.com/ambit-mesh/ambit/ztunnel"
 )
 
+// listenRetry listens on addr, retrying for a few seconds while the port
+// is still held (by the ztunnel this one replaces, until it has freed its
+// node-level ports).
+func listenRetry(ctx context.Context, addr string) (net.Listener, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := net.Listen("tcp", addr)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			if err != nil {
+				return nil, fmt.Errorf("listen %s: %w", addr, err)
+			}
+			return l, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 func newZtunnelCmd() *cobra.Command {
 	var (
 		cpAddr, credDir, node, zdsSocket, adminAddr, readyAddr, metricsAddr, trustDomain, logFormat string
+		drainNotifyFD                                                                               int
+		handoffTimeout, drainTimeout                                                                time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "ztunnel",
@@ -77,29 +102,62 @@ func newZtunnelCmd() *cobra.Command {
 			go func() { _ = zc.Run(runCtx) }()
 			admin := &http.Server{Handler: zt.AdminHandler(ready), ReadHeaderTimeout: 5 * time.Second}
 			for _, addr := range []string{adminAddr, readyAddr} {
-				l, err := net.Listen("tcp", addr)
+				l, err := listenRetry(ctx, addr)
 				if err != nil {
-					return fmt.Errorf("listen %s: %w", addr, err)
+					return err
 				}
 				go func() { _ = admin.Serve(l) }()
 			}
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", metrics.Handler())
 			mux.Handle("/stats/prometheus", metrics.Handler())
-			ml, err := net.Listen("tcp", metricsAddr)
+			ml, err := listenRetry(ctx, metricsAddr)
 			if err != nil {
-				return fmt.Errorf("listen %s: %w", metricsAddr, err)
+				return err
 			}
 			msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 			go func() { _ = msrv.Serve(ml) }()
 			defer msrv.Close()
+			// SIGINT means stop without waiting for a replacement (the
+			// local runtime sends it when the whole mesh goes down).
+			interrupted := make(chan os.Signal, 1)
+			signal.Notify(interrupted, os.Interrupt)
+			defer signal.Stop(interrupted)
 			log.Info("ztunnel running", "controlPlane", cpAddr, "zds", zdsSocket, "admin", adminAddr)
 			<-ctx.Done()
-			log.Info("draining")
-			drainCtx, dcancel := context.WithTimeout(context.Background(), 25*time.Second)
+			select {
+			case <-interrupted:
+				handoffTimeout = 0
+			default:
+			}
+
+			// Drain (facts §4.5), without a refused connection when a
+			// replacement comes: free the node-level ports for it, say we
+			// are draining (the local runtime then starts the
+			// replacement at once), keep every pod's listeners until the
+			// replacement has bound its own next to them, then let open
+			// connections finish within the drain deadline.
+			log.Info("draining", "handoffTimeout", handoffTimeout, "drainTimeout", drainTimeout)
+			_ = admin.Close()
+			_ = msrv.Close()
+			if drainNotifyFD > 0 {
+				f := os.NewFile(uintptr(drainNotifyFD), "drain-notify")
+				if _, err := f.WriteString("draining\n"); err != nil {
+					log.Warn("drain notification", "err", err)
+				}
+				f.Close()
+			}
+			if handoffTimeout > 0 {
+				hctx, hcancel := context.WithTimeout(context.Background(), handoffTimeout)
+				handed := zt.Handoff(hctx)
+				hcancel()
+				log.Info("listeners closed", "pods", len(zt.Pods()), "handedOver", handed)
+			}
+			drainCtx, dcancel := context.WithTimeout(context.Background(), drainTimeout)
 			defer dcancel()
 			zt.Drain(drainCtx)
-			_ = admin.Close()
+			cancel()
+			log.Info("drained")
 			return nil
 		},
 	}
@@ -113,5 +171,8 @@ func newZtunnelCmd() *cobra.Command {
 	f.StringVar(&metricsAddr, "metrics", ":15020", "Prometheus metrics address (/metrics, /stats/prometheus)")
 	f.StringVar(&trustDomain, "trust-domain", identity.DefaultTrustDomain, "trust domain")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.IntVar(&drainNotifyFD, "drain-notify-fd", 0, "file descriptor to write \"draining\" to on SIGTERM (the local runtime starts the replacement then)")
+	f.DurationVar(&handoffTimeout, "handoff-timeout", 5*time.Second, "on SIGTERM, how long each pod's listeners wait for a replacement ztunnel to bind its own before closing")
+	f.DurationVar(&drainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, how long open connections may take to finish before they are cut")
 	return cmd
 }
