@@ -1,7 +1,9 @@
 // Package authz is L4 authorization with upstream Istio ambient semantics:
 // it translates AuthorizationPolicy (security.istio.io/v1) into the
 // istio.security.Authorization resources ztunnel enforces, and evaluates
-// them for a connection in ztunnel's order (facts §7). The same code serves
+// them for a connection in ztunnel's order (facts §7). Translation warns
+// about what ztunnel cannot enforce and about values, entries, rules and
+// policies that can never match (nevermatch.go). The same code serves
 // the control plane, ztunnel and `ambit authz check`, so what the CLI
 // explains is what the data path does.
 package authz
@@ -77,93 +79,148 @@ func Translate(ap *securityclient.AuthorizationPolicy, rootNamespace string) (*s
 		out.Scope = security.Scope_NAMESPACE
 	}
 	var warnings []Warning
+	canMatch := false
 	for i, r := range spec.GetRules() {
-		g, l7 := translateRule(r, ap.Namespace)
+		clauses, l7 := translateRule(r, ap.Namespace)
 		switch {
 		case l7 && out.Action == security.Action_ALLOW:
 			warnings = append(warnings, warn("rule %d uses HTTP fields that need a waypoint: dropped (an ALLOW rule that cannot be checked allows nothing)", i))
 			continue
-		case l7 && g == nil:
+		case l7 && ruleFields(r) > 0 && len(clauses) == 0:
 			warnings = append(warnings, warn("rule %d has only HTTP fields that need a waypoint: dropped (nothing left to deny)", i))
 			continue
 		case l7:
 			warnings = append(warnings, warn("rule %d: its HTTP fields need a waypoint and are ignored; the rest denies more broadly", i))
 		}
-		out.Groups = append(out.Groups, g)
+		msgs, ok := checkRule(i, clauses)
+		for _, msg := range msgs {
+			warnings = append(warnings, warn("%s", msg))
+		}
+		canMatch = canMatch || ok
+		out.Groups = append(out.Groups, group(clauses))
 	}
-	if out.Action == security.Action_ALLOW && len(spec.GetRules()) > 0 && len(out.Groups) == 0 {
-		warnings = append(warnings, warn("no rule is left: this ALLOW policy denies all traffic to the workloads it selects"))
+	if msg := policyNever(out, len(spec.GetRules()), canMatch); msg != "" {
+		warnings = append(warnings, warn("%s", msg))
 	}
 	return out, warnings
 }
 
-// translateRule turns one rule into a group. l7 reports that the rule used
-// fields ztunnel cannot check; for a DENY those are dropped and g is nil
-// when nothing is left.
-func translateRule(r *securityv1beta1.Rule, policyNS string) (g *security.Group, l7 bool) {
-	g = &security.Group{}
-	had := len(r.GetFrom()) + len(r.GetTo()) + len(r.GetWhen())
-	if from := r.GetFrom(); len(from) > 0 {
-		clause := &security.Rules{}
-		for _, f := range from {
-			s := f.GetSource()
-			if len(s.GetRequestPrincipals())+len(s.GetNotRequestPrincipals())+len(s.GetRemoteIpBlocks())+len(s.GetNotRemoteIpBlocks()) > 0 {
-				l7 = true
-			}
-			m := &security.Match{
-				Principals: stringMatches(s.GetPrincipals()), NotPrincipals: stringMatches(s.GetNotPrincipals()),
-				Namespaces: stringMatches(s.GetNamespaces()), NotNamespaces: stringMatches(s.GetNotNamespaces()),
-				ServiceAccounts: saMatches(s.GetServiceAccounts(), policyNS), NotServiceAccounts: saMatches(s.GetNotServiceAccounts(), policyNS),
-				SourceIps: addresses(s.GetIpBlocks()), NotSourceIps: addresses(s.GetNotIpBlocks()),
-			}
-			if !emptyMatch(m) {
-				clause.Matches = append(clause.Matches, m)
-			}
+// policyNever says how a policy none of whose rules can match behaves, or
+// "" when some rule can match. An ALLOW without rules is the documented
+// allow-nothing idiom and is not warned about.
+func policyNever(p *security.Authorization, rules int, canMatch bool) string {
+	allow := p.GetAction() == security.Action_ALLOW
+	switch {
+	case canMatch || (allow && rules == 0):
+		return ""
+	case !allow && rules == 0:
+		return "has no rules, so this DENY policy never matches and denies nothing (Istio rejects a DENY without rules; write rules: [{}] to deny everything)"
+	case allow && len(p.GetGroups()) == 0:
+		return "no rule is left: this ALLOW policy denies all traffic to the workloads it selects"
+	case allow:
+		return "no rule can ever match: this ALLOW policy denies all traffic to the workloads it selects"
+	case len(p.GetGroups()) == 0:
+		return "no rule is left: this DENY policy denies nothing"
+	default:
+		return "no rule can ever match: this DENY policy denies nothing"
+	}
+}
+
+// item is one translated match and where it came from in its rule.
+type item struct {
+	label string // from[j], to[j] or when[j]
+	key   string // the when key; empty for from and to items
+	m     *security.Match
+}
+
+// group makes the enforced form of a rule's clauses: every clause must
+// hold, and a clause holds when any of its matches does.
+func group(clauses [][]item) *security.Group {
+	g := &security.Group{}
+	for _, c := range clauses {
+		r := &security.Rules{}
+		for _, it := range c {
+			r.Matches = append(r.Matches, it.m)
 		}
-		if len(clause.Matches) > 0 {
-			g.Rules = append(g.Rules, clause)
+		g.Rules = append(g.Rules, r)
+	}
+	return g
+}
+
+// ruleFields counts a rule's from, to and when entries.
+func ruleFields(r *securityv1beta1.Rule) int {
+	return len(r.GetFrom()) + len(r.GetTo()) + len(r.GetWhen())
+}
+
+// translateRule turns one rule into its clauses: from, to and each L4 when,
+// each a list of items of which one must hold. l7 reports that the rule
+// used fields ztunnel cannot check; those are left out, and so are from
+// and to entries with nothing left, and clauses with no entry left.
+func translateRule(r *securityv1beta1.Rule, policyNS string) (clauses [][]item, l7 bool) {
+	var from, to []item
+	for j, f := range r.GetFrom() {
+		m, httpOnly := sourceMatch(f.GetSource(), policyNS)
+		l7 = l7 || httpOnly
+		if !emptyMatch(m) {
+			from = append(from, item{label: fmt.Sprintf("from[%d]", j), m: m})
 		}
 	}
-	if to := r.GetTo(); len(to) > 0 {
-		clause := &security.Rules{}
-		for _, t := range to {
-			op := t.GetOperation()
-			if len(op.GetHosts())+len(op.GetNotHosts())+len(op.GetMethods())+len(op.GetNotMethods())+len(op.GetPaths())+len(op.GetNotPaths()) > 0 {
-				l7 = true
-			}
-			m := &security.Match{DestinationPorts: ports(op.GetPorts()), NotDestinationPorts: ports(op.GetNotPorts())}
-			if !emptyMatch(m) {
-				clause.Matches = append(clause.Matches, m)
-			}
-		}
-		if len(clause.Matches) > 0 {
-			g.Rules = append(g.Rules, clause)
+	for j, t := range r.GetTo() {
+		m, httpOnly := operationMatch(t.GetOperation())
+		l7 = l7 || httpOnly
+		if !emptyMatch(m) {
+			to = append(to, item{label: fmt.Sprintf("to[%d]", j), m: m})
 		}
 	}
-	for _, c := range r.GetWhen() {
+	for _, c := range [][]item{from, to} {
+		if len(c) > 0 {
+			clauses = append(clauses, c)
+		}
+	}
+	for j, c := range r.GetWhen() {
 		if !l4WhenKey(c.GetKey()) {
 			l7 = true
 			continue
 		}
-		m := &security.Match{}
-		switch c.GetKey() {
-		case "source.ip":
-			m.SourceIps, m.NotSourceIps = addresses(c.GetValues()), addresses(c.GetNotValues())
-		case "destination.ip":
-			m.DestinationIps, m.NotDestinationIps = addresses(c.GetValues()), addresses(c.GetNotValues())
-		case "source.namespace":
-			m.Namespaces, m.NotNamespaces = stringMatches(c.GetValues()), stringMatches(c.GetNotValues())
-		case "source.principal":
-			m.Principals, m.NotPrincipals = stringMatches(c.GetValues()), stringMatches(c.GetNotValues())
-		case "destination.port":
-			m.DestinationPorts, m.NotDestinationPorts = ports(c.GetValues()), ports(c.GetNotValues())
-		}
-		g.Rules = append(g.Rules, &security.Rules{Matches: []*security.Match{m}})
+		clauses = append(clauses, []item{{label: fmt.Sprintf("when[%d]", j), key: c.GetKey(), m: conditionMatch(c)}})
 	}
-	if l7 && had > 0 && len(g.Rules) == 0 {
-		return nil, true
+	return clauses, l7
+}
+
+// sourceMatch converts a from entry; l7 reports fields only a waypoint can
+// check (they are left out).
+func sourceMatch(s *securityv1beta1.Source, policyNS string) (m *security.Match, l7 bool) {
+	l7 = len(s.GetRequestPrincipals())+len(s.GetNotRequestPrincipals())+len(s.GetRemoteIpBlocks())+len(s.GetNotRemoteIpBlocks()) > 0
+	return &security.Match{
+		Principals: stringMatches(s.GetPrincipals()), NotPrincipals: stringMatches(s.GetNotPrincipals()),
+		Namespaces: stringMatches(s.GetNamespaces()), NotNamespaces: stringMatches(s.GetNotNamespaces()),
+		ServiceAccounts: saMatches(s.GetServiceAccounts(), policyNS), NotServiceAccounts: saMatches(s.GetNotServiceAccounts(), policyNS),
+		SourceIps: addresses(s.GetIpBlocks()), NotSourceIps: addresses(s.GetNotIpBlocks()),
+	}, l7
+}
+
+// operationMatch converts a to entry; l7 reports HTTP fields (left out).
+func operationMatch(op *securityv1beta1.Operation) (m *security.Match, l7 bool) {
+	l7 = len(op.GetHosts())+len(op.GetNotHosts())+len(op.GetMethods())+len(op.GetNotMethods())+len(op.GetPaths())+len(op.GetNotPaths()) > 0
+	return &security.Match{DestinationPorts: ports(op.GetPorts()), NotDestinationPorts: ports(op.GetNotPorts())}, l7
+}
+
+// conditionMatch converts a when condition with an L4 key.
+func conditionMatch(c *securityv1beta1.Condition) *security.Match {
+	m := &security.Match{}
+	switch c.GetKey() {
+	case "source.ip":
+		m.SourceIps, m.NotSourceIps = addresses(c.GetValues()), addresses(c.GetNotValues())
+	case "destination.ip":
+		m.DestinationIps, m.NotDestinationIps = addresses(c.GetValues()), addresses(c.GetNotValues())
+	case "source.namespace":
+		m.Namespaces, m.NotNamespaces = stringMatches(c.GetValues()), stringMatches(c.GetNotValues())
+	case "source.principal":
+		m.Principals, m.NotPrincipals = stringMatches(c.GetValues()), stringMatches(c.GetNotValues())
+	case "destination.port":
+		m.DestinationPorts, m.NotDestinationPorts = ports(c.GetValues()), ports(c.GetNotValues())
 	}
-	return g, l7
+	return m
 }
 
 func emptyMatch(m *security.Match) bool {

@@ -70,7 +70,10 @@ func TestEvaluate(t *testing.T) {
 		{"principal suffix", []string{"metadata: {name: p}\nspec:\n  rules: [{from: [{source: {principals: [\"*/sa/client\"]}}]}]\n"}, conn(client, clientIP, 1), true, "demo/p", ""},
 		{"principal presence allows any mTLS", []string{"metadata: {name: p}\nspec:\n  rules: [{from: [{source: {principals: [\"*\"]}}]}]\n"}, conn(other, otherIP, 1), true, "demo/p", ""},
 		{"principal presence refuses plaintext", []string{"metadata: {name: p}\nspec:\n  rules: [{from: [{source: {principals: [\"*\"]}}]}]\n"}, conn(nil, otherIP, 1), false, "", ""},
+		// spiffe:// values are kept as written, as upstream: they never match.
 		{"spiffe:// prefix never matches", []string{"metadata: {name: p}\nspec:\n  rules: [{from: [{source: {principals: [spiffe://cluster.local/ns/demo/sa/client]}}]}]\n"}, conn(client, clientIP, 1), false, "", ""},
+		{"spiffe:// prefix never matches in when", []string{"metadata: {name: p}\nspec:\n  rules: [{when: [{key: source.principal, values: [spiffe://cluster.local/ns/demo/sa/client]}]}]\n"}, conn(client, clientIP, 1), false, "", ""},
+		{"spiffe:// notPrincipals excludes nobody", []string{"metadata: {name: d}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notPrincipals: [spiffe://cluster.local/ns/demo/sa/client]}}]}]\n"}, conn(client, clientIP, 1), false, "demo/d", "explicitly denied"},
 		{"notPrincipals excludes", []string{"metadata: {name: p}\nspec:\n  rules: [{from: [{source: {notPrincipals: [cluster.local/ns/demo/sa/client]}}]}]\n"}, conn(client, clientIP, 1), false, "", ""},
 		{"notPrincipals lets others in", []string{"metadata: {name: p}\nspec:\n  rules: [{from: [{source: {notPrincipals: [cluster.local/ns/demo/sa/client]}}]}]\n"}, conn(other, otherIP, 1), true, "demo/p", ""},
 		// namespaces.

@@ -2,6 +2,7 @@ package model
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
@@ -67,5 +68,41 @@ func TestPeerAuthentication(t *testing.T) {
 				t.Fatalf("allow = %v (%s), want %v; workload policies %v", d.Allow, d.Reason, tc.allow, w.GetAuthorizationPolicies())
 			}
 		})
+	}
+}
+
+// TestBuildAuthorizationsWarnings checks that translation warnings, such
+// as a principal written with spiffe://, reach the warnings the control
+// plane reports (ambit local status shows them), and that the policy is
+// still served as written.
+func TestBuildAuthorizationsWarnings(t *testing.T) {
+	ap := &securityclient.AuthorizationPolicy{}
+	doc := "metadata: {name: allow-client, namespace: demo}\nspec:\n  rules: [{from: [{source: {principals: [spiffe://cluster.local/ns/demo/sa/client]}}]}]\n"
+	if err := yaml.Unmarshal([]byte(doc), ap); err != nil {
+		t.Fatal(err)
+	}
+	good := ap.DeepCopy()
+	good.Name = "good"
+	good.Spec.Rules[0].From[0].Source.Principals = []string{"cluster.local/ns/demo/sa/client"}
+	out, warnings := BuildAuthorizations(Inputs{Policies: []*securityclient.AuthorizationPolicy{ap, good}})
+	if out["demo/allow-client"] == nil || out["demo/good"] == nil {
+		t.Fatalf("policies not served: %v", out)
+	}
+	got := out["demo/allow-client"].GetGroups()[0].GetRules()[0].GetMatches()[0].GetPrincipals()[0].GetExact()
+	if got != "spiffe://cluster.local/ns/demo/sa/client" {
+		t.Errorf("principal served as %q, want it as written", got)
+	}
+	var texts []string
+	for _, w := range warnings {
+		if w.Policy != "demo/allow-client" {
+			t.Errorf("warning for a policy that can match: %v", w)
+		}
+		texts = append(texts, w.String())
+	}
+	all := strings.Join(texts, "\n")
+	for _, want := range []string{`demo/allow-client: rule 0 from[0] principals: "spiffe://cluster.local/ns/demo/sa/client" never matches`, "this ALLOW policy denies all traffic"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("warnings lack %q:\n%s", want, all)
+		}
 	}
 }
