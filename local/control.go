@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -385,56 +386,116 @@ func removeNamespaces(logger *slog.Logger) error {
 	return errors.Join(errs...)
 }
 
+// statusJSON is what `ambit local status -o json` prints: everything the
+// text view shows, with the values scripts need beside the words the text
+// uses. The pods' environments stay out (`ambit local exec` applies them).
+type statusJSON struct {
+	Ready          bool            `json:"ready"`
+	Error          string          `json:"error,omitempty"`
+	Supervisor     int             `json:"supervisorPID"`
+	ConfigDir      string          `json:"configDir"`
+	Nodes          []NodeStatus    `json:"nodes"`
+	Pods           []podJSON       `json:"pods"`
+	Services       []ServiceStatus `json:"services"`
+	PolicyWarnings []string        `json:"policyWarnings"`
+	ConfigErrors   []ConfigError   `json:"configErrors"`
+}
+
+// podJSON is one pod in statusJSON.
+type podJSON struct {
+	Namespace      string `json:"namespace"`
+	Name           string `json:"name"`
+	UID            string `json:"uid"`
+	Node           string `json:"node"`
+	IP             string `json:"ip"`
+	Netns          string `json:"netns"`
+	ServiceAccount string `json:"serviceAccount"`
+	Phase          string `json:"phase"`
+	// Mesh is the MESH column of the text view; Redirection is the
+	// value it is made from ("enabled", "pending" or "").
+	Mesh        string `json:"mesh"`
+	Redirection string `json:"redirection"`
+	Restarts    int    `json:"restarts"`
+	Message     string `json:"message"`
+	PID         int    `json:"pid,omitempty"`
+	Log         string `json:"log"`
+}
+
+// newStatusJSON builds the JSON view of st. Lists are never null.
+func newStatusJSON(st *State) statusJSON {
+	v := statusJSON{
+		Ready: st.Ready, Error: st.Error, Supervisor: st.Supervisor, ConfigDir: st.ConfigDir,
+		Nodes: st.Nodes, Pods: []podJSON{}, Services: st.Services,
+		PolicyWarnings: st.PolicyWarnings, ConfigErrors: st.ConfigErrors,
+	}
+	if v.Nodes == nil {
+		v.Nodes = []NodeStatus{}
+	}
+	if v.Services == nil {
+		v.Services = []ServiceStatus{}
+	}
+	if v.PolicyWarnings == nil {
+		v.PolicyWarnings = []string{}
+	}
+	if v.ConfigErrors == nil {
+		v.ConfigErrors = []ConfigError{}
+	}
+	for _, p := range st.Pods {
+		v.Pods = append(v.Pods, podJSON{
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Node: p.Node, IP: p.IP, Netns: p.Netns,
+			ServiceAccount: p.ServiceAccount, Phase: p.Phase, Mesh: meshState(p.Redirection), Redirection: p.Redirection,
+			Restarts: p.Restarts, Message: p.Message, PID: p.PID, Log: p.Log,
+		})
+	}
+	return v
+}
+
+// meshState is how the status shows a pod's redirection.
+func meshState(redirection string) string {
+	switch redirection {
+	case "enabled":
+		return "ambient (HBONE)"
+	case "pending":
+		return "ambient (waiting for ztunnel)"
+	case "":
+		return "-"
+	}
+	return redirection
+}
+
 // PrintStatus writes the state as tables, or as JSON.
 func PrintStatus(out io.Writer, st *State, asJSON bool) error {
 	if asJSON {
-		type node struct {
-			Name    string `json:"name"`
-			Netns   string `json:"netns"`
-			PodCIDR string `json:"podCIDR"`
-		}
-		type pod struct {
-			Namespace string `json:"namespace"`
-			Name      string `json:"name"`
-			Node      string `json:"node"`
-			IP        string `json:"ip"`
-			Netns     string `json:"netns"`
-			Phase     string `json:"phase"`
-		}
-		v := struct {
-			Nodes    []node          `json:"nodes"`
-			Pods     []pod           `json:"pods"`
-			Services []ServiceStatus `json:"services"`
-		}{Nodes: []node{}, Pods: []pod{}, Services: st.Services}
-		if v.Services == nil {
-			v.Services = []ServiceStatus{}
-		}
-		for _, n := range st.Nodes {
-			v.Nodes = append(v.Nodes, node{n.Name, n.Netns, n.PodCIDR})
-		}
-		for _, p := range st.Pods {
-			v.Pods = append(v.Pods, pod{p.Namespace, p.Name, p.Node, p.IP, p.Netns, p.Phase})
-		}
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		return enc.Encode(newStatusJSON(st))
 	}
+	mesh := "ready"
+	switch {
+	case st.Error != "":
+		mesh = "FAILED: " + st.Error
+	case !st.Ready:
+		mesh = "starting"
+	}
+	header := fmt.Sprintf("LOCAL MESH: %s; supervisor pid %d; config %s", mesh, st.Supervisor, st.ConfigDir)
+	switch n := len(rejectedFiles(st.ConfigErrors)); n {
+	case 0:
+	case 1:
+		header += "; 1 file rejected (see CONFIG ERRORS below)"
+	default:
+		header += fmt.Sprintf("; %d files rejected (see CONFIG ERRORS below)", n)
+	}
+	fmt.Fprintf(out, "%s\n\n", header)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tPOD CIDR\tUNDERLAY IP\tNETNS")
 	for _, n := range st.Nodes {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Name, n.PodCIDR, n.UnderlayIP, n.Netns)
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tIP\tPHASE\tMESH\tRESTARTS\tMESSAGE")
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tNODE\tIP\tSERVICE ACCOUNT\tPHASE\tMESH\tRESTARTS\tMESSAGE")
 	for _, p := range st.Pods {
-		mesh := "-"
-		switch p.Redirection {
-		case "enabled":
-			mesh = "ambient (HBONE)"
-		case "pending":
-			mesh = "ambient (waiting for ztunnel)"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Namespace, p.Name, p.Node, dash(p.IP), p.Phase, mesh, p.Restarts, dash(p.Message))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Namespace, p.Name, p.Node, dash(p.IP), dash(p.ServiceAccount),
+			p.Phase, meshState(p.Redirection), p.Restarts, dash(p.Message))
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "NAMESPACE\tSERVICE\tCLUSTER IP\tPORTS")
@@ -454,7 +515,39 @@ func PrintStatus(out io.Writer, st *State, asJSON bool) error {
 			fmt.Fprintln(out, "  "+w)
 		}
 	}
+	printConfigErrors(out, st.ConfigErrors)
 	return nil
+}
+
+// rejectedFiles lists the files of errs once each, in order.
+func rejectedFiles(errs []ConfigError) []string {
+	var files []string
+	for _, e := range errs {
+		if !slices.Contains(files, e.File) {
+			files = append(files, e.File)
+		}
+	}
+	return files
+}
+
+// printConfigErrors writes the CONFIG ERRORS section: each rejected file
+// and its problems, in the order given (sorted by file).
+func printConfigErrors(out io.Writer, errs []ConfigError) {
+	if len(errs) == 0 {
+		return
+	}
+	files := rejectedFiles(errs)
+	byFile := map[string][]string{}
+	for _, e := range errs {
+		byFile[e.File] = append(byFile[e.File], e.Message)
+	}
+	fmt.Fprintln(out, "\nCONFIG ERRORS (these files are rejected: nothing new is applied from them, and what they defined before, if anything, stays in force until they are fixed or removed)")
+	for _, f := range files {
+		fmt.Fprintf(out, "  %s\n", f)
+		for _, m := range byFile[f] {
+			fmt.Fprintf(out, "    %s\n", m)
+		}
+	}
 }
 
 func dash(s string) string {

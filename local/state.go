@@ -6,14 +6,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/ambit-mesh/ambit/controlplane/filesource"
 )
 
 // DefaultStateDir is where the runtime keeps its state, logs and the CNI
 // plugins' files.
 const DefaultStateDir = "/run/ambit/local"
 
-// State is what `ambit local status -o json` prints; the supervisor keeps
-// it current in the state directory.
+// State is what the supervisor keeps current in the state directory;
+// `ambit local status` shows it (PrintStatus, text or JSON).
 type State struct {
 	Nodes    []NodeStatus    `json:"nodes"`
 	Pods     []PodStatus     `json:"pods"`
@@ -31,6 +33,43 @@ type State struct {
 	// PolicyWarnings say how policies were accepted with changes or not
 	// sent to ztunnel (e.g. HTTP rules without a waypoint).
 	PolicyWarnings []string `json:"policyWarnings,omitempty"`
+	// ConfigErrors are the problems of the files of ConfigDir the
+	// supervisor currently rejects, sorted by file (a problem with the
+	// directory itself comes first). A rejected file keeps
+	// the objects it had before (if any) until it is fixed or removed; its
+	// entries go once it is.
+	ConfigErrors []ConfigError `json:"configErrors,omitempty"`
+}
+
+// ConfigError is one problem that makes the config source reject a file.
+type ConfigError struct {
+	// File is the rejected file, or the config directory when the
+	// directory itself cannot be read.
+	File string `json:"file"`
+	// Line is the 1-based line of the problem, 0 when unknown.
+	Line int `json:"line,omitempty"`
+	// Message is the loader's full text, such as
+	// "/cfg/demo.yaml:14: Pod demo/client: spec.foo: unknown field".
+	Message string `json:"message"`
+}
+
+// configErrors turns the config source's problems (filesource.Source.Errors:
+// the directory's own problem, then one error per failing file joining its
+// *filesource.Error values) into ConfigErrors, one per problem, in order.
+// A problem that is not a *filesource.Error is attributed to dir.
+func configErrors(errs []error, dir string) []ConfigError {
+	var out []ConfigError
+	for _, err := range errs {
+		fes := filesource.Errors(err)
+		if len(fes) == 0 {
+			out = append(out, ConfigError{File: dir, Message: err.Error()})
+			continue
+		}
+		for _, fe := range fes {
+			out = append(out, ConfigError{File: fe.File, Line: fe.Line, Message: fe.Error()})
+		}
+	}
+	return out
 }
 
 // NodeStatus describes one node.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -151,7 +152,25 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			srcErr = nil
 		case ev := <-events:
 			s.handle(ctx, ev)
+		case <-src.ErrorsChanged():
+			s.setConfigErrors(configErrors(src.Errors(), s.ConfigDir))
 		}
+	}
+}
+
+// setConfigErrors records the config source's current problems in the
+// state, so that `ambit local status` shows every rejected file. They change
+// nothing in the model (a rejected file keeps its previous objects), so the
+// state is written without a push.
+func (s *Supervisor) setConfigErrors(errs []ConfigError) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slices.Equal(errs, s.state.ConfigErrors) {
+		return
+	}
+	s.state.ConfigErrors = errs
+	if err := writeState(s.StateDir, &s.state); err != nil {
+		s.Logger.Error("writing state", "err", err)
 	}
 }
 

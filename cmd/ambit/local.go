@@ -45,7 +45,7 @@ func newLocalCmd() *cobra.Command {
 	var output string
 	status := &cobra.Command{
 		Use:   "status",
-		Short: "Show nodes, pods (node, IP, phase) and services",
+		Short: "Show nodes, pods (node, IP, phase, mesh), services, policy warnings and rejected config files",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "" && output != "json" && output != "text" {

@@ -661,6 +661,70 @@ func TestWatch(t *testing.T) {
 	}
 }
 
+// TestErrorsChanged: ErrorsChanged signals each change to Errors (a file
+// rejected, its problem changed, fixed, removed while broken, the directory
+// gone) and stays quiet on reloads that leave Errors as they were.
+func TestErrorsChanged(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
+	w := startWatch(t, dir)
+	w.expect("Added Namespace a")
+	changed := w.src.ErrorsChanged()
+	quiet := func(what string) {
+		t.Helper()
+		select {
+		case <-changed:
+			t.Fatalf("ErrorsChanged signalled after %s; Errors() = %v", what, w.src.Errors())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	// signalled waits for a signal after which Errors satisfies ok.
+	signalled := func(what string, ok func([]error) bool) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case <-changed:
+				if ok(w.src.Errors()) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no ErrorsChanged signal for %s; Errors() = %v", what, w.src.Errors())
+			}
+		}
+	}
+	one := func(want string) func([]error) bool {
+		return func(errs []error) bool { return len(errs) == 1 && strings.Contains(errs[0].Error(), want) }
+	}
+	none := func(errs []error) bool { return len(errs) == 0 }
+	quiet("a clean first load")
+
+	writeFile(t, dir, "bad.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\nspec: {bogus: 1}\n")
+	signalled("a rejected file", one("bad.yaml:4: Namespace b: spec.bogus: unknown field"))
+	w.write("bad.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\nspec: {bogus: 1}\n# the same problem\n")
+	quiet("a reload with the same problem")
+	writeFile(t, dir, "bad.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\nspec: {}\nstatus: {bogus: 1}\n")
+	signalled("another problem in the file", one("bad.yaml:5: Namespace b: status.bogus: unknown field"))
+	writeFile(t, dir, "bad.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n")
+	signalled("the fix", none)
+	w.expect("Added Namespace b")
+	quiet("the fix")
+
+	writeFile(t, dir, "bad.yaml", "kind: [\n")
+	signalled("a broken file", one("bad.yaml:1: invalid YAML"))
+	if err := os.Remove(filepath.Join(dir, "bad.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	signalled("the removal of the broken file", none)
+	w.expect("Deleted Namespace b")
+
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	signalled("the directory's removal", one("reading config directory"))
+	w.expect() // an unreadable directory keeps the loaded objects
+}
+
 // TestWatchDuplicateResolves: a file refused because another file has the
 // same object is accepted once the other file lets go of it, without being
 // touched itself.

@@ -65,6 +65,8 @@ type Source struct {
 	files  map[string]*fileState
 	dirErr error // the directory itself could not be read
 	snap   *Snapshot
+
+	errsChanged chan struct{} // capacity 1: a pending "Errors changed"
 }
 
 // New returns a Source for dir. Nothing is read until Run. A nil logger
@@ -76,8 +78,9 @@ func New(dir string, logger *slog.Logger) *Source {
 	return &Source{
 		dir: dir, logger: logger.With("source", dir),
 		Debounce: 100 * time.Millisecond, Rescan: 10 * time.Second,
-		dec:  newDecoder(),
-		snap: newSnapshot(nil),
+		dec:         newDecoder(),
+		snap:        newSnapshot(nil),
+		errsChanged: make(chan struct{}, 1),
 	}
 }
 
@@ -96,6 +99,10 @@ func (s *Source) Snapshot() *Snapshot {
 func (s *Source) Errors() []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.errorsLocked()
+}
+
+func (s *Source) errorsLocked() []error {
 	errs := errorsOf(s.files)
 	if s.dirErr != nil {
 		errs = append([]error{s.dirErr}, errs...)
@@ -103,11 +110,37 @@ func (s *Source) Errors() []error {
 	return errs
 }
 
+// ErrorsChanged returns a channel that receives a value after a reload
+// changed what Errors returns: a file was rejected, fixed or removed while
+// broken, its problem changed, or the directory became unreadable or
+// readable again. Values do not queue up (one receive may stand for several
+// changes), so call Errors after each receive for the current problems.
+// There should be one receiver.
+func (s *Source) ErrorsChanged() <-chan struct{} { return s.errsChanged }
+
+// notifyErrors signals ErrorsChanged without blocking.
+func (s *Source) notifyErrors() {
+	select {
+	case s.errsChanged <- struct{}{}:
+	default: // a signal is already pending
+	}
+}
+
+// errorTexts is the text of each error, to compare two lists.
+func errorTexts(errs []error) []string {
+	out := make([]string, len(errs))
+	for i, err := range errs {
+		out[i] = err.Error()
+	}
+	return out
+}
+
 // Run loads the directory, sends Added for every object, then watches the
 // directory and sends Added, Updated and Deleted as files change, until ctx
 // is done; then it returns nil. It fails only when the directory cannot be
 // read or watched at the start; problems in files are logged and reported
-// by Errors. Run may be called only once at a time.
+// by Errors, and ErrorsChanged signals when they change. Run may be called
+// only once at a time.
 func (s *Source) Run(ctx context.Context, out chan<- Event) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("filesource: Run is already running")
@@ -186,6 +219,7 @@ func (s *Source) reloadLogged(ctx context.Context, out chan<- Event) {
 		s.mu.Unlock()
 		if !repeated {
 			s.logger.Error("cannot reload config directory; keeping the loaded objects", "err", err)
+			s.notifyErrors()
 		}
 	}
 }
@@ -220,8 +254,13 @@ func (s *Source) reload(ctx context.Context, out chan<- Event, initial bool) err
 	if s.dirErr != nil {
 		s.logger.Info("config directory readable again")
 	}
+	before := errorTexts(s.errorsLocked())
 	s.files, s.snap, s.dirErr = files, snap, nil
+	changed := !slices.Equal(before, errorTexts(s.errorsLocked()))
 	s.mu.Unlock()
+	if changed {
+		s.notifyErrors()
+	}
 
 	for _, ev := range diff(prevSnap, snap) {
 		select {
