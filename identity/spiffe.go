@@ -19,6 +19,13 @@ import (
 // DefaultTrustDomain is the trust domain when none is configured.
 const DefaultTrustDomain = "cluster.local"
 
+// ControlPlane is the identity of the control plane's serving certificate,
+// istiod's: proxies verify it when they dial the control plane, and the
+// control plane's CA issues it to itself.
+func ControlPlane(trustDomain string) SPIFFE {
+	return SPIFFE{TrustDomain: trustDomain, Namespace: "istio-system", ServiceAccount: "istiod"}
+}
+
 // SPIFFE is a workload identity: spiffe://TrustDomain/ns/Namespace/sa/ServiceAccount.
 type SPIFFE struct {
 	TrustDomain    string

@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	securityapi "istio.io/api/security/v1alpha1"
 
-	"github.com/ambit-mesh/ambit/controlplane/ca"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/identity/caclient"
 	"github.com/ambit-mesh/ambit/zds"
@@ -79,7 +78,7 @@ func newZtunnelCmd() *cobra.Command {
 				return fmt.Errorf("control plane root: %w", err)
 			}
 			tlsConf := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return &cred, nil },
-				func() *identity.Bundle { return roots }, []identity.SPIFFE{ca.ServerIdentity(trustDomain)}, nil)
+				func() *identity.Bundle { return roots }, []identity.SPIFFE{identity.ControlPlane(trustDomain)}, nil)
 			conn, err := grpc.NewClient(cpAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 			if err != nil {
 				return fmt.Errorf("control plane %s: %w", cpAddr, err)

@@ -298,12 +298,6 @@ func IssueNodeCredential(auth *identity.Authority, trustDomain, node string, ttl
 		&identity.LeafOptions{Extensions: []pkix.Extension{{Id: oidNodeProxy, Value: val}}})
 }
 
-// ServerIdentity is the identity of the control plane's own serving
-// certificate, as istiod's.
-func ServerIdentity(trustDomain string) identity.SPIFFE {
-	return identity.SPIFFE{TrustDomain: trustDomain, Namespace: "istio-system", ServiceAccount: "istiod"}
-}
-
 // ServerTLSConfig is the TLS configuration of the CA endpoint with a fixed
 // serving certificate; see ServingTLSConfig.
 func ServerTLSConfig(cert *tls.Certificate) *tls.Config {
@@ -334,7 +328,7 @@ func ServingTLSConfig(cert identity.CertFunc) *tls.Config {
 }
 
 // ServingCertificate returns the control plane's serving certificate
-// (ServerIdentity, issued by auth for ttl): made on first use and made
+// (identity.ControlPlane, issued by auth for ttl): made on first use and made
 // again once past half its life, so a long-running control plane never
 // serves an expired one. now may be nil (time.Now).
 func ServingCertificate(auth *identity.Authority, trustDomain string, ttl time.Duration, now func() time.Time) identity.CertFunc {
@@ -353,7 +347,7 @@ func ServingCertificate(auth *identity.Authority, trustDomain string, ttl time.D
 		if cur != nil && t.Before(renw) {
 			return cur, nil
 		}
-		c, err := auth.IssueTLS(ServerIdentity(trustDomain), ttl, t, nil)
+		c, err := auth.IssueTLS(identity.ControlPlane(trustDomain), ttl, t, nil)
 		if err != nil {
 			if cur != nil && t.Before(cur.Leaf.NotAfter) {
 				return cur, nil // keep serving the old one while it lasts

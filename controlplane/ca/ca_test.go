@@ -64,7 +64,7 @@ func startCAWith(t *testing.T, auth *identity.Authority, idx PodIndex, opts ...f
 	if err != nil {
 		t.Fatal(err)
 	}
-	serving, err := auth.IssueTLS(ServerIdentity("cluster.local"), time.Hour, time.Now(), nil)
+	serving, err := auth.IssueTLS(identity.ControlPlane("cluster.local"), time.Hour, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func (c *testCA) callCSR(t *testing.T, cred *tls.Certificate, csr []byte, impers
 		}
 		return cred, nil
 	}
-	tlsConf := identity.ClientTLSConfig(certFn, func() *identity.Bundle { return c.bundle }, []identity.SPIFFE{ServerIdentity(c.td)}, nil)
+	tlsConf := identity.ClientTLSConfig(certFn, func() *identity.Bundle { return c.bundle }, []identity.SPIFFE{identity.ControlPlane(c.td)}, nil)
 	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +253,7 @@ func TestGarbageCSR(t *testing.T) {
 	workload, err := c.auth.IssueTLS(identity.SPIFFE{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "client"}, time.Hour, time.Now(), nil)
 	must(t, err)
 	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(
-		func() (*tls.Certificate, error) { return workload, nil }, func() *identity.Bundle { return c.bundle }, []identity.SPIFFE{ServerIdentity("cluster.local")}, nil))))
+		func() (*tls.Certificate, error) { return workload, nil }, func() *identity.Bundle { return c.bundle }, []identity.SPIFFE{identity.ControlPlane("cluster.local")}, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +472,7 @@ func TestWithCertManager(t *testing.T) {
 	node1, err := IssueNodeCredential(c.auth, "cluster.local", "node1", time.Hour, time.Now())
 	must(t, err)
 	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(
-		identity.StaticCert(node1), identity.StaticBundle(c.bundle), []identity.SPIFFE{ServerIdentity("cluster.local")}, nil))))
+		identity.StaticCert(node1), identity.StaticBundle(c.bundle), []identity.SPIFFE{identity.ControlPlane("cluster.local")}, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +503,7 @@ func TestServingCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, _ := identity.FromCertificate(first.Leaf); id != ServerIdentity("cluster.local") {
+	if id, _ := identity.FromCertificate(first.Leaf); id != identity.ControlPlane("cluster.local") {
 		t.Errorf("serving identity %v", id)
 	}
 	now = now.Add(4 * time.Hour)

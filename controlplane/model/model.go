@@ -14,7 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/ambit-mesh/ambit/authz"
+	"github.com/ambit-mesh/ambit/controlplane/authzpolicy"
 )
 
 // Annotations and labels of the ambient data plane (as upstream).
@@ -218,7 +218,7 @@ func Names(set map[string]*workloadapi.Address) []string {
 func selectedPolicies(in Inputs, pod *corev1.Pod) []string {
 	root := in.RootNamespace
 	if root == "" {
-		root = authz.DefaultRootNamespace
+		root = authzpolicy.DefaultRootNamespace
 	}
 	var out []string
 	for _, p := range in.Policies {
@@ -236,11 +236,11 @@ func selectedPolicies(in Inputs, pod *corev1.Pod) []string {
 
 // BuildAuthorizations translates the policies for ztunnel, by resource
 // name (namespace/name), with the warnings users should see.
-func BuildAuthorizations(in Inputs) (map[string]*security.Authorization, []authz.Warning) {
+func BuildAuthorizations(in Inputs) (map[string]*security.Authorization, []authzpolicy.Warning) {
 	out, _ := peerAuthentication(in)
-	var warnings []authz.Warning
+	var warnings []authzpolicy.Warning
 	for _, p := range in.Policies {
-		a, w := authz.Translate(p, in.RootNamespace)
+		a, w := authzpolicy.Translate(p, in.RootNamespace)
 		warnings = append(warnings, w...)
 		if a != nil {
 			out[p.Namespace+"/"+p.Name] = a

@@ -11,7 +11,7 @@ import (
 	"istio.io/istio/pkg/workloadapi/security"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/ambit-mesh/ambit/authz"
+	"github.com/ambit-mesh/ambit/controlplane/authzpolicy"
 )
 
 // StaticStrictPolicy is the shared policy that refuses plaintext to
@@ -51,7 +51,7 @@ func denyPlaintext() *security.Match {
 func peerAuthentication(in Inputs) (map[string]*security.Authorization, map[string][]string) {
 	root := in.RootNamespace
 	if root == "" {
-		root = authz.DefaultRootNamespace
+		root = authzpolicy.DefaultRootNamespace
 	}
 	var mesh *securityclient.PeerAuthentication
 	nsWide := map[string]*securityclient.PeerAuthentication{}

@@ -28,7 +28,6 @@ import (
 	grpcstatus "google.golang.org/grpc/status"
 	securityapi "istio.io/api/security/v1alpha1"
 
-	"github.com/ambit-mesh/ambit/controlplane/ca"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/identity/caclient"
@@ -337,7 +336,7 @@ func TestAmbientMesh(t *testing.T) {
 		dialer := nsnet.DialFunc("/run/netns/ambit-node1", nsnet.SocketOptions{}, nil)
 		connect := func(cert *tls.Certificate) *grpc.ClientConn {
 			conf := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return cert, nil }, func() *identity.Bundle { return roots },
-				[]identity.SPIFFE{ca.ServerIdentity("cluster.local")}, nil)
+				[]identity.SPIFFE{identity.ControlPlane("cluster.local")}, nil)
 			conn, err := grpc.NewClient("172.30.0.1:15012", grpc.WithTransportCredentials(credentials.NewTLS(conf)),
 				grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer(ctx, "tcp", addr) }))
 			if err != nil {

@@ -54,7 +54,7 @@ func certs(t *testing.T) (client, server *caclient.Cert) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serving, err := auth.IssueTLS(ca.ServerIdentity("cluster.local"), time.Hour, time.Now(), nil)
+	serving, err := auth.IssueTLS(identity.ControlPlane("cluster.local"), time.Hour, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func certs(t *testing.T) (client, server *caclient.Cert) {
 	bundle := srv.Bundle()
 	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(
 		func() (*tls.Certificate, error) { return nodeCred, nil }, func() *identity.Bundle { return bundle },
-		[]identity.SPIFFE{ca.ServerIdentity("cluster.local")}, nil))))
+		[]identity.SPIFFE{identity.ControlPlane("cluster.local")}, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@
 // and every peer id passed identity.ParseSPIFFE (a SPIFFE trust domain, a
 // DNS-1123 label namespace, a DNS-1123 subdomain service account).
 
-package authz
+package authzpolicy
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package authz
+package authzpolicy
 
 import (
 	"fmt"
@@ -8,7 +8,9 @@ import (
 	"testing"
 
 	securityv1beta1 "istio.io/api/security/v1beta1"
+	"istio.io/istio/pkg/workloadapi/security"
 
+	"github.com/ambit-mesh/ambit/authz"
 	"github.com/ambit-mesh/ambit/identity"
 )
 
@@ -163,7 +165,7 @@ func TestNeverMatchQuiet(t *testing.T) {
 	tests := []struct {
 		name    string
 		doc     string
-		witness Conn
+		witness authz.Conn
 	}{
 		{"exact principal", rulesDoc("ALLOW", `[{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]`), mtls},
 		{"principal of another trust domain", rulesDoc("ALLOW", `[{from: [{source: {principals: [example.org/ns/demo/sa/client]}}]}]`), conn(foreign, clientIP, 1)},
@@ -206,7 +208,7 @@ func TestNeverMatchQuiet(t *testing.T) {
 			if len(warns) > 0 {
 				t.Errorf("warnings for a policy that can match:\n%s", warningText(warns))
 			}
-			if !matches(p, tc.witness) {
+			if !authz.Matches(p, tc.witness) {
 				t.Errorf("the witness %+v does not match the policy", tc.witness)
 			}
 		})
@@ -250,12 +252,12 @@ func TestNeverMatchSound(t *testing.T) {
 		}
 	}
 	ids = append(ids, nil)
-	var conns []Conn
+	var conns []authz.Conn
 	for _, id := range ids {
 		for _, src := range []string{"10.244.1.2", "10.244.1.9", "10.1.1.1", "192.168.1.1", "172.16.0.1", "fd00::1"} {
 			for _, dst := range []string{"10.244.2.3", "10.9.1.1", "10.8.0.1", "10.244.2.4"} {
 				for _, port := range []uint16{80, 8080, 1, 443} {
-					conns = append(conns, Conn{Src: id, SrcIP: netip.MustParseAddr(src), DstIP: netip.MustParseAddr(dst), DstPort: port})
+					conns = append(conns, authz.Conn{Src: id, SrcIP: netip.MustParseAddr(src), DstIP: netip.MustParseAddr(dst), DstPort: port})
 				}
 			}
 		}
@@ -294,7 +296,7 @@ func TestNeverMatchSound(t *testing.T) {
 			deadRules++
 			g := group(clauses)
 			for _, c := range conns {
-				if groupMatches(g, c) {
+				if authz.Matches(&security.Authorization{Groups: []*security.Group{g}}, c) {
 					t.Fatalf("rule called impossible matches %+v (src %v)\nrule: %v\nreason: %s", c, c.Src, r, ruleNever(clauses))
 				}
 			}
@@ -306,7 +308,7 @@ func TestNeverMatchSound(t *testing.T) {
 				}
 				deadItems++
 				for _, c := range conns {
-					if matchMatches(it.m, c) {
+					if authz.Matches(&security.Authorization{Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{it.m}}}}}}, c) {
 						t.Fatalf("%s called impossible matches %+v (src %v)\nrule: %v\nreason: %s", it.label, c, c.Src, r, conjunctionOf(it).never())
 					}
 				}
