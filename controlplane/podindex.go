@@ -1,19 +1,20 @@
-// Package controlplane holds the pieces of Ambit's control plane that tie
-// config sources to the services it runs (today the CA; workload discovery
-// over xDS comes next).
+// Package controlplane assembles Ambit's control plane: the controller
+// (config store -> model -> xDS), the delta xDS server and the CA on one
+// TLS gRPC server, and the HTTP endpoints for readiness, metrics and debug
+// dumps. `ambit controlplane` and the local runtime both run it.
 package controlplane
 
 import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// PodLister returns the pods currently known to a config source.
+// PodLister returns the pods currently known (controller.Store).
 type PodLister interface {
 	Pods() []*corev1.Pod
 }
 
 // PodIndex answers the CA's question "does a running pod with this service
-// account live on this node?" from the pods of a config source.
+// account live on this node?" from the pods the controller stores.
 type PodIndex struct {
 	// Snapshot returns the current pods; it is called per question so that
 	// config changes apply at once.

@@ -9,21 +9,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ambit-mesh/ambit/controlplane"
 	"github.com/ambit-mesh/ambit/controlplane/ca"
+	"github.com/ambit-mesh/ambit/controlplane/config"
 	"github.com/ambit-mesh/ambit/controlplane/model"
-	"github.com/ambit-mesh/ambit/controlplane/xds"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/nodeagent"
 	"github.com/ambit-mesh/ambit/nodeagent/cnievent"
@@ -38,33 +34,23 @@ const (
 )
 
 // meshParts are the mesh components the supervisor runs: the control plane
-// (CA and WDS, on the underlay), one node agent per node (in this process,
-// as a kubelet's CNI hook would call it) and one ztunnel process per node,
-// inside the node's namespace.
+// (controlplane.ControlPlane, in this process, serving CA and xDS on the
+// underlay), one node agent per node (in this process, as a kubelet's CNI
+// hook would call it) and one ztunnel process per node, inside the node's
+// namespace.
 type meshParts struct {
 	s      *Supervisor
 	logger *slog.Logger
-	xds    *xds.Server
-	grpc   *grpc.Server
+	cp     *controlplane.ControlPlane
 	agents map[string]*nodeagent.Agent
 	zdss   map[string]*zds.Server
+	// synced releases the controller's first publish once the initial
+	// config (services, policies) is in.
+	synced func()
 
 	mu         sync.Mutex
 	namespaces map[string]*corev1.Namespace
-	warned     map[string]bool
-}
-
-// warnOnce logs a policy warning the first time it appears.
-func (m *meshParts) warnOnce(l *slog.Logger, msg string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.warned == nil {
-		m.warned = map[string]bool{}
-	}
-	if !m.warned[msg] {
-		m.warned[msg] = true
-		l.Warn("authorization policy", "warning", msg)
-	}
+	published  map[string]bool // pods published to the controller, by namespace/name
 }
 
 func (s *Supervisor) nodeDir(node string) string { return filepath.Join(s.StateDir, "nodes", node) }
@@ -74,29 +60,32 @@ func (p Paths) ZtunnelLog(node string) string { return filepath.Join(p.Dir, "ztu
 
 // startMesh brings up the control plane, node agents and ztunnels.
 func (s *Supervisor) startMesh(ctx context.Context, nodes []NodeStatus) (*meshParts, error) {
-	m := &meshParts{s: s, logger: s.Logger, agents: map[string]*nodeagent.Agent{}, zdss: map[string]*zds.Server{}, namespaces: map[string]*corev1.Namespace{}}
+	m := &meshParts{s: s, logger: s.Logger, agents: map[string]*nodeagent.Agent{}, zdss: map[string]*zds.Server{},
+		namespaces: map[string]*corev1.Namespace{}, published: map[string]bool{}}
 	td := identity.DefaultTrustDomain
 	auth, _, err := ca.LoadOrCreate(filepath.Join(s.StateDir, "ca"), td, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	caSrv, err := ca.NewServer(auth, ca.Options{TrustDomain: td, Logger: s.Logger.With("component", "ca"),
-		Pods: controlplane.PodIndex{Snapshot: func() controlplane.PodLister { return podLister(s.enrichedPods()) }}})
+	// The same control plane `ambit controlplane` runs; here the supervisor
+	// feeds its controller (config events, and pod status as a kubelet
+	// reports it) instead of a source of its own.
+	m.cp, err = controlplane.New(ctx, controlplane.Options{Authority: auth, TrustDomain: td, ServingCertTTL: 24 * time.Hour,
+		OnWarnings: s.setPolicyWarnings, Logger: s.Logger})
 	if err != nil {
 		return nil, err
 	}
-	m.xds = xds.New(ctx, s.Logger.With("component", "xds"))
-	// Only node proxies may watch workload discovery; the CA checks its
-	// callers itself.
-	m.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.ServingTLSConfig(ca.ServingCertificate(auth, td, 24*time.Hour, time.Now)))),
-		grpc.StreamInterceptor(xds.StreamAuth(caSrv)))
-	caSrv.Register(m.grpc)
-	m.xds.Register(m.grpc)
+	m.synced = m.cp.Controller.Sync()
+	go func() {
+		if err := m.cp.Run(ctx); err != nil {
+			s.Logger.Error("controller stopped", "err", err)
+		}
+	}()
 	l, err := nsnet.Listen(ctx, netnsPath(underlayNetns), fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort), nsnet.SocketOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
-	go func() { _ = m.grpc.Serve(l) }()
+	go func() { _ = m.cp.Serve(l) }()
 	s.Logger.Info("control plane up", "addr", l.Addr().String())
 
 	for _, n := range nodes {
@@ -130,14 +119,17 @@ func (s *Supervisor) startMesh(ctx context.Context, nodes []NodeStatus) (*meshPa
 
 // stop shuts the control plane down.
 func (m *meshParts) stop() {
-	if m != nil && m.grpc != nil {
-		m.grpc.Stop()
+	if m != nil && m.cp != nil {
+		m.cp.Stop(false)
 	}
 }
 
-type podLister []*corev1.Pod
-
-func (l podLister) Pods() []*corev1.Pod { return l }
+// apply hands a config event to the controller.
+func (m *meshParts) apply(ev config.Event) {
+	if m != nil && m.cp != nil {
+		m.cp.Controller.Apply(ev)
+	}
+}
 
 // Restart backoff of a node's ztunnel: the wait after a crash doubles
 // from ztunnelBackoffMin to ztunnelBackoffMax, and starts again from the
@@ -301,87 +293,68 @@ func (m *meshParts) namespace(name string) *corev1.Namespace {
 	return m.namespaces[name]
 }
 
-// enrichedPods returns the pods as the control plane sees them: their
-// spec with the node chosen, and a status with IP, phase and redirection.
-func (s *Supervisor) enrichedPods() []*corev1.Pod {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []*corev1.Pod
-	for _, p := range s.pods {
-		pod := p.spec.DeepCopy()
-		pod.Spec.NodeName = p.status.Node
-		pod.Status.PodIP = p.status.IP
-		switch p.status.Phase {
-		case "Running":
-			pod.Status.Phase = corev1.PodRunning
-		case "Succeeded":
-			pod.Status.Phase = corev1.PodSucceeded
-		case "Failed":
-			pod.Status.Phase = corev1.PodFailed
-		default:
-			pod.Status.Phase = corev1.PodPending
-		}
-		if p.status.Redirection != "" {
-			if pod.Annotations == nil {
-				pod.Annotations = map[string]string{}
-			}
-			pod.Annotations[model.AnnotationRedirection] = p.status.Redirection
-		}
-		out = append(out, pod)
+// podObject is a pod as a kubelet reports it: its spec with the node
+// chosen, and a status with IP and phase, and the redirection annotation
+// once its traffic is captured. The caller holds s.mu.
+func podObject(p *podProc) *corev1.Pod {
+	pod := p.spec.DeepCopy()
+	pod.Spec.NodeName = p.status.Node
+	pod.Status.PodIP = p.status.IP
+	switch p.status.Phase {
+	case "Running":
+		pod.Status.Phase = corev1.PodRunning
+	case "Succeeded":
+		pod.Status.Phase = corev1.PodSucceeded
+	case "Failed":
+		pod.Status.Phase = corev1.PodFailed
+	default:
+		pod.Status.Phase = corev1.PodPending
 	}
-	return out
+	if p.status.Redirection != "" {
+		if pod.Annotations == nil {
+			pod.Annotations = map[string]string{}
+		}
+		pod.Annotations[model.AnnotationRedirection] = p.status.Redirection
+	}
+	return pod
 }
 
-// pushModel recomputes the ambient model and sends what changed.
-func (s *Supervisor) pushModel() {
-	if s.mesh == nil {
+// publishPods reports every pod's status to the controller, and the
+// removal of pods that are gone, as a kubelet updates the API server. The
+// controller's store drops reports that change nothing. The caller holds
+// s.mu.
+func (s *Supervisor) publishPods() {
+	m := s.mesh
+	if m == nil || m.cp == nil {
 		return
 	}
-	s.mu.Lock()
-	var svcs []*corev1.Service
-	vips := map[string]string{}
-	for _, svc := range s.services {
-		svcs = append(svcs, svc)
-	}
-	for _, st := range s.state.Services {
-		vips[st.Namespace+"/"+st.Name] = st.ClusterIP
-	}
-	var policies []*securityclient.AuthorizationPolicy
-	for _, p := range s.policies {
-		policies = append(policies, p)
-	}
-	var peerAuth []*securityclient.PeerAuthentication
-	for _, p := range s.peerAuth {
-		peerAuth = append(peerAuth, p)
-	}
-	s.mu.Unlock()
-	in := model.Inputs{Pods: s.enrichedPods(), Services: svcs, ClusterIPs: vips, Policies: policies, PeerAuthentications: peerAuth}
-	// Policies first, so that a workload never names a policy its
-	// ztunnel does not have yet.
-	authzs, warnings := model.BuildAuthorizations(in)
-	if err := s.mesh.xds.UpdateAuthorizations(authzs); err != nil {
-		s.Logger.Error("pushing policies", "err", err)
-	}
-	var texts []string
-	for _, w := range warnings {
-		s.mesh.warnOnce(s.Logger, w.String())
-		texts = append(texts, w.String())
-	}
-	sort.Strings(texts)
-	s.mu.Lock()
-	changed := strings.Join(texts, "\n") != strings.Join(s.state.PolicyWarnings, "\n")
-	s.mu.Unlock()
-	if changed {
-		// Written without marking the model dirty again.
-		s.mu.Lock()
-		s.state.PolicyWarnings = texts
-		if err := writeState(s.StateDir, &s.state); err != nil {
-			s.Logger.Error("writing state", "err", err)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for key, p := range s.pods {
+		pod := podObject(p)
+		ty := config.Updated
+		if !m.published[key] {
+			ty, m.published[key] = config.Added, true
 		}
-		s.mu.Unlock()
+		m.apply(config.Event{Type: ty, Key: config.KeyOf(pod), Object: pod})
 	}
-	if err := s.mesh.xds.Update(model.Build(in)); err != nil {
-		s.Logger.Error("pushing the model", "err", err)
+	for key := range m.published {
+		if _, ok := s.pods[key]; !ok {
+			delete(m.published, key)
+			ns, name, _ := strings.Cut(key, "/")
+			m.apply(config.Event{Type: config.Deleted, Key: config.Key{Kind: config.KindPod, Namespace: ns, Name: name}})
+		}
+	}
+}
+
+// setPolicyWarnings records the controller's policy warnings in the state,
+// for `ambit local status`.
+func (s *Supervisor) setPolicyWarnings(texts []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state.PolicyWarnings = texts
+	if err := writeState(s.StateDir, &s.state); err != nil {
+		s.Logger.Error("writing state", "err", err)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ambit-mesh/ambit/controlplane/config"
 	"github.com/ambit-mesh/ambit/controlplane/filesource"
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -41,9 +42,6 @@ type Supervisor struct {
 	vips     *vipAllocator
 	wg       sync.WaitGroup
 	mesh     *meshParts
-	dirty    chan struct{} // the ambient model needs a push
-	policies map[string]*securityclient.AuthorizationPolicy
-	peerAuth map[string]*securityclient.PeerAuthentication
 }
 
 // podProc is one pod: its spec, status and running process.
@@ -69,8 +67,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.paths = Paths{s.StateDir}
 	s.pods = map[string]*podProc{}
 	s.services = map[string]*corev1.Service{}
-	s.policies = map[string]*securityclient.AuthorizationPolicy{}
-	s.peerAuth = map[string]*securityclient.PeerAuthentication{}
 	s.vips = newVIPAllocator(serviceCIDR)
 	s.cni = &cni{self: s.self, binDir: s.binDir, dir: s.paths.CNIDir(), stderr: logWriter{s.Logger},
 		agentSocket: func(node string) string { return filepath.Join(s.nodeDir(node), "cni.sock") }}
@@ -109,26 +105,31 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.fail(err)
 		return err
 	}
-	s.dirty = make(chan struct{}, 1)
-	if s.mesh, err = s.startMesh(ctx, s.state.Nodes); err != nil {
+	mesh, err := s.startMesh(ctx, s.state.Nodes)
+	if err != nil {
 		err = fmt.Errorf("mesh: %w", err)
 		s.fail(err)
 		return err
 	}
-	go s.pushLoop(ctx)
+	s.mu.Lock()
+	s.mesh = mesh
+	s.mu.Unlock()
 	for _, ns := range snap.Namespaces() {
 		s.mesh.setNamespace(ns, false)
 	}
 	s.waitZtunnels(ctx, 20*time.Second)
-	for _, ap := range snap.AuthorizationPolicies() {
-		s.policies[ap.Namespace+"/"+ap.Name] = ap
-	}
-	for _, pa := range snap.PeerAuthentications() {
-		s.peerAuth[pa.Namespace+"/"+pa.Name] = pa
+	// The controller's first state: every object but pods and services
+	// straight from the config, services with their VIPs; pods follow as
+	// they get their network, as a kubelet reports them.
+	for _, o := range snap.Objects() {
+		if k := filesource.KeyOf(o); forController(k.Kind) {
+			s.mesh.apply(config.Event{Type: config.Added, Key: k, Object: o})
+		}
 	}
 	for _, svc := range snap.Services() {
 		s.ensureService(svc)
 	}
+	s.mesh.synced()
 	for _, pod := range snap.Pods() {
 		s.ensurePod(ctx, pod)
 	}
@@ -138,7 +139,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// Follow the directory: the source sends Added for everything first,
 	// which ensure* treats as no-ops for what already runs.
 	src := filesource.New(s.ConfigDir, s.Logger)
-	events := make(chan filesource.Event, 64)
+	events := make(chan config.Event, 64)
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- src.Run(ctx, events) }()
 	for {
@@ -174,28 +175,29 @@ func (s *Supervisor) setConfigErrors(errs []ConfigError) {
 	}
 }
 
-func (s *Supervisor) handle(ctx context.Context, ev filesource.Event) {
+// forController says which kinds go from the config straight to the
+// controller. Pods and Services go through the supervisor, which plays the
+// kubelet's part (pod status) and the API server's (service VIPs); the
+// LocalCluster settings are the runtime's own.
+func forController(kind string) bool {
+	switch kind {
+	case config.KindPod, config.KindService, "LocalCluster":
+		return false
+	}
+	return true
+}
+
+func (s *Supervisor) handle(ctx context.Context, ev config.Event) {
+	if forController(ev.Key.Kind) {
+		s.mesh.apply(ev)
+	}
 	switch obj := ev.Object.(type) {
 	case *securityclient.PeerAuthentication:
-		s.update(func() {
-			if ev.Type == filesource.Deleted {
-				delete(s.peerAuth, ev.Key.Namespace+"/"+ev.Key.Name)
-			} else {
-				s.peerAuth[ev.Key.Namespace+"/"+ev.Key.Name] = obj
-			}
-		})
 		s.Logger.Info("peer authentication "+ev.Type.String(), "policy", ev.Key.Namespace+"/"+ev.Key.Name)
 	case *securityclient.AuthorizationPolicy:
-		s.update(func() {
-			if ev.Type == filesource.Deleted {
-				delete(s.policies, ev.Key.Namespace+"/"+ev.Key.Name)
-			} else {
-				s.policies[ev.Key.Namespace+"/"+ev.Key.Name] = obj
-			}
-		})
 		s.Logger.Info("authorization policy "+ev.Type.String(), "policy", ev.Key.Namespace+"/"+ev.Key.Name)
 	case *corev1.Namespace:
-		if s.mesh.setNamespace(obj, ev.Type == filesource.Deleted) {
+		if s.mesh.setNamespace(obj, ev.Type == config.Deleted) {
 			s.Logger.Info("namespace changed; reconciling enrollment", "namespace", obj.Name, "labels", obj.Labels)
 			s.mu.Lock()
 			var inNS []*podProc
@@ -210,14 +212,14 @@ func (s *Supervisor) handle(ctx context.Context, ev filesource.Event) {
 			}
 		}
 	case *corev1.Pod:
-		if ev.Type == filesource.Deleted {
+		if ev.Type == config.Deleted {
 			s.Logger.Info("pod deleted from config", "pod", ev.Key.Namespace+"/"+ev.Key.Name)
 			s.removePod(ev.Key.Namespace + "/" + ev.Key.Name)
 			return
 		}
 		s.ensurePod(ctx, obj)
 	case *corev1.Service:
-		if ev.Type == filesource.Deleted {
+		if ev.Type == config.Deleted {
 			s.removeService(obj)
 			return
 		}
@@ -249,24 +251,7 @@ func (s *Supervisor) update(fn func()) {
 	if err := writeState(s.StateDir, &s.state); err != nil {
 		s.Logger.Error("writing state", "err", err)
 	}
-	if s.dirty != nil {
-		select {
-		case s.dirty <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// pushLoop pushes the ambient model whenever the state changed.
-func (s *Supervisor) pushLoop(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.dirty:
-			s.pushModel()
-		}
-	}
+	s.publishPods()
 }
 
 // waitZtunnels waits until every node's ztunnel has connected to its
@@ -319,6 +304,12 @@ func (s *Supervisor) ensureService(svc *corev1.Service) {
 			return
 		}
 		s.services[key] = svc
+		// As an API server would: the published Service carries its VIP.
+		pub := svc.DeepCopy()
+		if vip.IsValid() {
+			pub.Spec.ClusterIP = vip.String()
+		}
+		s.mesh.apply(config.Event{Type: config.Updated, Key: config.KeyOf(pub), Object: pub})
 		st := serviceStatus(svc, vip)
 		s.state.Services = replaceService(s.state.Services, st)
 		s.Logger.Info("service", "service", key, "clusterIP", st.ClusterIP)
@@ -330,6 +321,7 @@ func (s *Supervisor) removeService(svc *corev1.Service) {
 	s.update(func() {
 		delete(s.services, key)
 		s.vips.release(svc.Namespace, svc.Name)
+		s.mesh.apply(config.Event{Type: config.Deleted, Key: config.Key{Kind: config.KindService, Namespace: svc.Namespace, Name: svc.Name}})
 		var out []ServiceStatus
 		for _, st := range s.state.Services {
 			if st.Namespace != svc.Namespace || st.Name != svc.Name {

@@ -7,15 +7,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/ambit-mesh/ambit/controlplane"
 	"github.com/ambit-mesh/ambit/controlplane/ca"
+	"github.com/ambit-mesh/ambit/controlplane/config"
 	"github.com/ambit-mesh/ambit/controlplane/filesource"
 	"github.com/ambit-mesh/ambit/identity"
 )
@@ -26,20 +26,32 @@ const servingCertTTL = 30 * 24 * time.Hour
 
 func newControlPlaneCmd() *cobra.Command {
 	var (
-		addr, trustDomain, stateDir, configDir, rootCert, rootKey, extraRoots string
-		defaultTTL, maxTTL                                                    time.Duration
+		addr, httpAddr, trustDomain, stateDir, configDir, rootCert, rootKey, extraRoots string
+		defaultTTL, maxTTL                                                              time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "controlplane",
-		Short: "Run the control plane: the CA (istio.v1.auth.IstioCertificateService) over TLS",
-		Long: `Run the control plane's certificate authority on --listen (gRPC over TLS 1.3).
+		Use:   "controlplane --config DIR",
+		Short: "Run the control plane: config controller, delta xDS (workloads, services, policies) and the CA on one TLS gRPC port",
+		Long: `Run the whole control plane: the manifests of --config (watched as they
+change) go into the controller's store, which builds the ambient model and
+serves it over delta ADS (istio.workload.Address, istio.security.Authorization)
+next to the CA (istio.v1.auth.IstioCertificateService), both on --listen
+(gRPC over TLS 1.3).
+
+Pods in --config are taken as a kubelet would report them: give them
+spec.nodeName, status.podIP and status.phase (Running), and the annotation
+ambient.istio.io/redirection: enabled once their traffic is captured.
+Services need spec.clusterIP for a VIP.
 
 Callers authenticate with a client certificate from this CA. A workload
 certificate renews its own identity only. A node-proxy credential (minted
 with "ambit controlplane node-credential", or by "ambit local" per node)
-may ask, through the ImpersonatedIdentity metadata, for the identity of any
-service account with a non-terminated pod on its node; pods are read from
-the manifests in --config-dir, reloaded as they change.
+may watch discovery, and may ask, through the ImpersonatedIdentity
+metadata, for the identity of any service account with a non-terminated
+pod on its node.
+
+--http serves /ready, /metrics (Prometheus), /debug/store and
+/debug/proxies.
 
 The root is generated on first start and kept in --state-dir (key mode
 0600), or loaded from --root-cert/--root-key. --extra-roots names a PEM file
@@ -48,10 +60,10 @@ of roots still trusted during a root rotation.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			if configDir == "" {
-				return errors.New("--config-dir is required: the CA checks impersonation requests against the pods it lists")
+				return errors.New("--config is required: the directory of manifests the control plane serves")
 			}
 			if fi, err := os.Stat(configDir); err != nil || !fi.IsDir() {
-				return fmt.Errorf("--config-dir %s: not a readable directory", configDir)
+				return fmt.Errorf("--config %s: not a readable directory", configDir)
 			}
 			auth, err := loadAuthority(stateDir, rootCert, rootKey, trustDomain, log)
 			if err != nil {
@@ -70,21 +82,27 @@ of roots still trusted during a root rotation.`,
 				extra = b.Roots()
 			}
 			src := filesource.New(configDir, log)
-			srv, err := ca.NewServer(auth, ca.Options{
-				TrustDomain: trustDomain, DefaultTTL: defaultTTL, MaxTTL: maxTTL, ExtraRoots: extra, Logger: log,
-				Pods: controlplane.PodIndex{Snapshot: func() controlplane.PodLister { return src.Snapshot() }},
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			cp, err := controlplane.New(ctx, controlplane.Options{
+				Authority: auth, TrustDomain: trustDomain, DefaultTTL: defaultTTL, MaxTTL: maxTTL, ExtraRoots: extra,
+				ServingCertTTL: servingCertTTL, Sources: []config.Source{src}, Logger: log,
+				ConfigErrors: func() int { return len(src.Errors()) },
 			})
 			if err != nil {
 				return err
 			}
-			return serveCA(cmd.Context(), addr, auth, srv, src, trustDomain, log)
+			return serveControlPlane(ctx, cp, addr, httpAddr, log)
 		},
 	}
 	f, pf := cmd.Flags(), cmd.PersistentFlags()
-	f.StringVar(&addr, "listen", "127.0.0.1:15012", "address of the TLS gRPC endpoint")
+	f.StringVar(&addr, "listen", ":15012", "address of the TLS gRPC endpoint (CA and xDS)")
+	f.StringVar(&httpAddr, "http", ":15014", "address of the HTTP endpoint (/ready, /metrics, /debug/store, /debug/proxies); empty: none")
 	pf.StringVar(&trustDomain, "trust-domain", identity.DefaultTrustDomain, "SPIFFE trust domain")
 	pf.StringVar(&stateDir, "state-dir", "/var/lib/ambit/ca", "where the generated root is persisted")
-	f.StringVar(&configDir, "config-dir", "", "directory of manifests (pods decide which identities a node may obtain)")
+	f.StringVar(&configDir, "config", "", "directory of manifests (watched)")
+	f.StringVar(&configDir, "config-dir", "", "old name of --config")
+	_ = f.MarkHidden("config-dir")
 	pf.StringVar(&rootCert, "root-cert", "", "CA certificate file (PEM, ending with the root); with --root-key, instead of a generated root")
 	pf.StringVar(&rootKey, "root-key", "", "CA key file (PEM)")
 	f.StringVar(&extraRoots, "extra-roots", "", "PEM file of further roots to trust and publish (root rotation)")
@@ -94,53 +112,38 @@ of roots still trusted during a root rotation.`,
 	return cmd
 }
 
-// serveCA serves srv on addr until ctx is done, with the config source
-// running beside it; if the source cannot read its directory the CA stops.
-func serveCA(ctx context.Context, addr string, auth *identity.Authority, srv *ca.Server, src *filesource.Source, trustDomain string, log *slog.Logger) error {
+// serveControlPlane runs the controller and serves gRPC (and HTTP) until
+// ctx is done; if the config source fails, everything stops with its error.
+func serveControlPlane(ctx context.Context, cp *controlplane.ControlPlane, addr, httpAddr string, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	events := make(chan filesource.Event, 64)
-	srcErr := make(chan error, 1)
-	go func() {
-		err := src.Run(ctx, events)
-		if err != nil {
-			log.Error("config source stopped", "err", err)
-		}
-		srcErr <- err
-		cancel()
-	}()
-	go func() {
-		for {
-			select {
-			case <-events: // the CA reads snapshots; events are not needed
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	serving := ca.ServingCertificate(auth, trustDomain, servingCertTTL, nil)
-	if _, err := serving(); err != nil {
-		l.Close()
-		return fmt.Errorf("serving certificate: %w", err)
-	}
-	// A CA request is a CSR of at most 16 KiB and a little metadata.
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.ServingTLSConfig(serving))), grpc.MaxRecvMsgSize(256<<10))
-	srv.Register(g)
-	go func() { <-ctx.Done(); g.GracefulStop() }()
-	log.Info("CA serving", "addr", l.Addr().String(), "trustDomain", trustDomain, "root", auth.Root().Subject.String(), "rootNotAfter", auth.Root().NotAfter)
-	if err := g.Serve(l); err != nil {
-		return fmt.Errorf("serving CA: %w", err)
-	}
-	select {
-	case err := <-srcErr:
+	if httpAddr != "" {
+		hl, err := net.Listen("tcp", httpAddr)
 		if err != nil {
-			return fmt.Errorf("config source: %w", err)
+			l.Close()
+			return fmt.Errorf("listen %s: %w", httpAddr, err)
 		}
-	default:
+		hs := &http.Server{Handler: cp.HTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = hs.Serve(hl) }()
+		defer hs.Close()
+		log.Info("control plane HTTP", "addr", hl.Addr().String())
+	}
+	runErr := make(chan error, 1)
+	go func() {
+		err := cp.Run(ctx)
+		runErr <- err
+		cancel()
+	}()
+	go func() { <-ctx.Done(); cp.Stop(false) }()
+	if err := cp.Serve(l); err != nil {
+		return err
+	}
+	if err := <-runErr; err != nil {
+		return err
 	}
 	return nil
 }

@@ -21,6 +21,14 @@
 // never takes down what was loaded from it before, its previous objects stay
 // in force until it is fixed or removed.
 //
-// In local mode this is what the control plane consumes; the local runtime
-// reads the same snapshot to know which pods and services to create.
+// Pods may carry a status (status.podIP, status.phase, validated) and
+// spec.nodeName: what a kubelet would report, for a control plane that runs
+// without one (`ambit controlplane --config DIR`). Services may carry
+// spec.clusterIP for the same reason.
+//
+// Source implements config.Source (and config.Syncer): its events are the
+// neutral config.Event values (Event, Key and Object here are aliases). In
+// local mode the runtime reads the same directory to know which pods and
+// services to create, and the control plane's controller consumes the
+// events.
 package filesource

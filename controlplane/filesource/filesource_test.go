@@ -15,6 +15,8 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambit-mesh/ambit/controlplane/config"
 )
 
 // goodManifests has every supported kind in one multi-document file.
@@ -356,6 +358,8 @@ func TestLoadBad(t *testing.T) {
 			want: `bad.yaml:11: Pod demo/p: spec.containers[0].env[0].name: `},
 		{name: "bad pod IP", data: pod("status:\n  podIP: 10.0.0.256\n"),
 			want: `bad.yaml:11: Pod demo/p: status.podIP: invalid IP address "10.0.0.256"`, exact: true},
+		{name: "bad pod phase", data: pod("status:\n  podIP: 10.0.0.2\n  phase: Started\n"),
+			want: `bad.yaml:12: Pod demo/p: status.phase: must be Pending, Running, Succeeded, Failed or Unknown, got "Started"`, exact: true},
 		{name: "bad container protocol", data: pod("    ports:\n    - containerPort: 80\n      protocol: HTTP\n"),
 			want: `bad.yaml:12: Pod demo/p: spec.containers[0].ports[0].protocol: must be TCP, UDP or SCTP, got "HTTP"`, exact: true},
 		{name: "unsupported fieldRef", data: pod("    env:\n    - name: X\n      valueFrom: {fieldRef: {fieldPath: status.hostIP}}\n"),
@@ -799,6 +803,39 @@ func TestWatchRescan(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return")
+	}
+}
+
+// TestHasSynced: the source says it synced once the initial objects were
+// all sent, and not before (the controller holds its first push until then).
+func TestHasSynced(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n")
+	src := New(dir, nil)
+	var _ config.Syncer = src
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ch := make(chan Event) // unbuffered: Run blocks on each send
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, ch) }()
+	<-ch
+	if src.HasSynced() {
+		t.Fatal("synced with an initial event still to send")
+	}
+	<-ch
+	deadline := time.Now().Add(5 * time.Second)
+	for !src.HasSynced() {
+		if time.Now().After(deadline) {
+			t.Fatal("not synced after every initial event")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if src.HasSynced() {
+		t.Error("still synced after Run returned")
 	}
 }
 

@@ -11,53 +11,30 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/ambit-mesh/ambit/controlplane/config"
 )
 
-// Object is any object this source loads.
-type Object interface {
-	runtime.Object
-	metav1.Object
-}
+// Object is any object this source loads (config.Object).
+type Object = config.Object
 
-// Key identifies an object: its kind, namespace (empty for cluster-scoped
-// kinds) and name.
-type Key struct {
-	Kind      string
-	Namespace string
-	Name      string
-}
-
-func (k Key) String() string {
-	if k.Namespace == "" {
-		return k.Kind + " " + k.Name
-	}
-	return k.Kind + " " + k.Namespace + "/" + k.Name
-}
-
-func (k Key) compare(o Key) int {
-	if c := strings.Compare(k.Kind, o.Kind); c != 0 {
-		return c
-	}
-	if c := strings.Compare(k.Namespace, o.Namespace); c != 0 {
-		return c
-	}
-	return strings.Compare(k.Name, o.Name)
-}
+// Key identifies an object (config.Key).
+type Key = config.Key
 
 // KeyOf returns the key of an object. Loaded objects carry their kind; for
 // others (built in code, without TypeMeta) it is taken from the Go type.
 func KeyOf(o Object) Key {
-	kind := o.GetObjectKind().GroupVersionKind().Kind
-	if kind == "" {
+	k := config.KeyOf(o)
+	if k.Kind == "" {
 		t := reflect.TypeOf(o)
-		for _, k := range kinds() {
-			if reflect.TypeOf(k.newObject()) == t {
-				kind = k.kind
+		for _, info := range kinds() {
+			if reflect.TypeOf(info.newObject()) == t {
+				k.Kind = info.kind
 				break
 			}
 		}
 	}
-	return Key{Kind: kind, Namespace: o.GetNamespace(), Name: o.GetName()}
+	return k
 }
 
 // LocalCluster (apiVersion ambit.dev/v1alpha1) configures the local-mode

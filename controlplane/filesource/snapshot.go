@@ -29,7 +29,7 @@ func newSnapshot(objects map[Key]decoded) *Snapshot {
 		objects = map[Key]decoded{}
 	}
 	keys := slices.Collect(maps.Keys(objects))
-	slices.SortFunc(keys, Key.compare)
+	slices.SortFunc(keys, Key.Compare)
 	return &Snapshot{objects: objects, keys: keys}
 }
 

@@ -14,36 +14,26 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"github.com/ambit-mesh/ambit/controlplane/config"
 )
 
-// EventType says what happened to an object.
-type EventType int
+// The event vocabulary is the neutral one of package config; these
+// aliases keep this package's code and tests short. Other packages use the
+// config names.
+type (
+	// EventType is config.EventType.
+	EventType = config.EventType
+	// Event is config.Event. For Deleted, Object is the last known version.
+	Event = config.Event
+)
 
+// The event types (config's).
 const (
-	Added EventType = iota + 1
-	Updated
-	Deleted
+	Added   = config.Added
+	Updated = config.Updated
+	Deleted = config.Deleted
 )
-
-func (t EventType) String() string {
-	switch t {
-	case Added:
-		return "Added"
-	case Updated:
-		return "Updated"
-	case Deleted:
-		return "Deleted"
-	}
-	return fmt.Sprintf("EventType(%d)", int(t))
-}
-
-// Event is one change to the loaded objects. For Deleted, Object is the last
-// known version.
-type Event struct {
-	Type   EventType
-	Key    Key
-	Object Object
-}
 
 // Source watches a directory of manifests.
 type Source struct {
@@ -59,7 +49,8 @@ type Source struct {
 	Rescan time.Duration
 
 	running atomic.Bool
-	dec     *decoder // used only by the goroutine in Run
+	synced  atomic.Bool // the initial events of the current Run were sent
+	dec     *decoder    // used only by the goroutine in Run
 
 	mu     sync.Mutex
 	files  map[string]*fileState
@@ -135,6 +126,10 @@ func errorTexts(errs []error) []string {
 	return out
 }
 
+// HasSynced reports whether Run has sent the events of its initial load
+// (config.Syncer).
+func (s *Source) HasSynced() bool { return s.synced.Load() }
+
 // Run loads the directory, sends Added for every object, then watches the
 // directory and sends Added, Updated and Deleted as files change, until ctx
 // is done; then it returns nil. It fails only when the directory cannot be
@@ -157,6 +152,8 @@ func (s *Source) Run(ctx context.Context, out chan<- Event) error {
 	if err := s.reload(ctx, out, true); err != nil {
 		return err
 	}
+	s.synced.Store(ctx.Err() == nil)
+	defer s.synced.Store(false)
 	debounce, rescan := s.Debounce, s.Rescan
 	if debounce <= 0 {
 		debounce = time.Millisecond

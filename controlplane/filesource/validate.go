@@ -193,7 +193,14 @@ func validatePod(v *validator, o Object) {
 			v.ip(fmt.Sprintf("spec.dnsConfig.nameservers[%d]", i), ns)
 		}
 	}
+	// Status is what a kubelet reports; a standalone control plane fed by
+	// this source reads it (IP, phase) as the runtime's report.
 	st := &pod.Status
+	switch st.Phase {
+	case "", corev1.PodPending, corev1.PodRunning, corev1.PodSucceeded, corev1.PodFailed, corev1.PodUnknown:
+	default:
+		v.fail("status.phase", "must be Pending, Running, Succeeded, Failed or Unknown, got %q", st.Phase)
+	}
 	if st.PodIP != "" {
 		v.ip("status.podIP", st.PodIP)
 	}

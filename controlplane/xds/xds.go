@@ -1,14 +1,21 @@
-// Package xds serves the ambient model to ztunnels over delta ADS, with
-// upstream's type URLs (istio.workload.Address, istio.security.Authorization),
-// using go-control-plane's delta server and linear caches: a change in the
-// model reaches every connected ztunnel as an incremental delta.
+// Package xds serves the control plane's resources to proxies over delta
+// ADS, on go-control-plane's delta server with one linear cache per
+// resource type: a change reaches every connected proxy as an incremental
+// delta. Publishing is one code path for every type (Publish); the ambient
+// types are istio.workload.Address and istio.security.Authorization, and a
+// new type (a waypoint's, say) is one more type URL given to New.
+//
+// The server also records, per connected proxy, its node id and the
+// resource names and versions it was sent (Proxies), and counts pushes
+// (Stats), for the control plane's debug and metrics endpoints.
 package xds
 
 import (
 	"context"
-
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -18,53 +25,68 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
-	"istio.io/istio/pkg/workloadapi"
-	"istio.io/istio/pkg/workloadapi/security"
 )
 
-// Type URLs of the WDS resources.
+// Type URLs of the ambient (WDS) resources.
 const (
 	AddressType       = "type.googleapis.com/istio.workload.Address"
 	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
 )
 
-// Server is the WDS server.
-type Server struct {
-	logger  *slog.Logger
-	address *cache.LinearCache
-	authz   *cache.LinearCache
-	ads     server.Server
+// AmbientTypes are the type URLs a ztunnel watches.
+func AmbientTypes() []string { return []string{AddressType, AuthorizationType} }
 
-	mu      sync.Mutex
-	current map[string]*workloadapi.Address
-	authzs  map[string]*security.Authorization
+// Server is the delta ADS server.
+type Server struct {
+	logger *slog.Logger
+	ads    server.Server
+	caches map[string]*cache.LinearCache // by type URL; fixed after New
+
+	mu      sync.Mutex // serializes Publish
+	current map[string]map[string]proto.Message
+
+	stats   statsRecorder
+	proxies proxyTracker
 }
 
-// New returns a server with no resources.
-func New(ctx context.Context, logger *slog.Logger) *Server {
+// New returns a server for the given resource types, with no resources.
+// The server's streams end when ctx is done.
+func New(ctx context.Context, logger *slog.Logger, typeURLs ...string) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{logger: logger, current: map[string]*workloadapi.Address{}, authzs: map[string]*security.Authorization{},
-		address: cache.NewLinearCache(AddressType), authz: cache.NewLinearCache(AuthorizationType)}
+	s := &Server{logger: logger, caches: map[string]*cache.LinearCache{}, current: map[string]map[string]proto.Message{},
+		proxies: proxyTracker{streams: map[int64]*proxy{}}, stats: statsRecorder{pushes: map[string]uint64{}}}
+	caches := map[string]cache.Cache{}
+	for _, t := range typeURLs {
+		lc := cache.NewLinearCache(t)
+		s.caches[t], caches[t], s.current[t] = lc, lc, map[string]proto.Message{}
+	}
 	mux := &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
 		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
-		Caches:        map[string]cache.Cache{AddressType: s.address, AuthorizationType: s.authz},
+		Caches:        caches,
 	}
 	s.ads = server.NewServer(ctx, mux, server.CallbackFuncs{
 		DeltaStreamOpenFunc: func(ctx context.Context, id int64, typ string) error {
 			logger.Info("xDS stream opened", "stream", id)
+			s.proxies.open(id)
 			return nil
 		},
 		DeltaStreamClosedFunc: func(id int64, node *corev3.Node) {
 			logger.Info("xDS stream closed", "stream", id, "node", node.GetId())
+			s.proxies.close(id)
 		},
 		StreamDeltaRequestFunc: func(id int64, r *discovery.DeltaDiscoveryRequest) error {
+			s.proxies.request(id, r)
 			if r.GetErrorDetail() != nil {
-				logger.Warn("ztunnel rejected an update", "stream", id, "type", r.GetTypeUrl(), "error", r.GetErrorDetail().GetMessage())
+				s.stats.nack()
+				logger.Warn("proxy rejected an update", "stream", id, "type", r.GetTypeUrl(), "error", r.GetErrorDetail().GetMessage())
 			}
 			return nil
+		},
+		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, r *discovery.DeltaDiscoveryResponse) {
+			s.proxies.response(id, r)
 		},
 	})
 	return s
@@ -75,18 +97,25 @@ func (s *Server) Register(g *grpc.Server) {
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
 }
 
-// Update replaces the served set of addresses; only what changed is sent.
-func (s *Server) Update(set map[string]*workloadapi.Address) error {
+// Publish replaces the served resources of one type by set (by resource
+// name); only what changed (by proto.Equal) and what was removed is sent.
+// The set is kept: callers must not modify it, or its messages, afterwards.
+func (s *Server) Publish(typeURL string, set map[string]proto.Message) error {
+	lc, ok := s.caches[typeURL]
+	if !ok {
+		return fmt.Errorf("xds: publishing %s: type not registered", typeURL)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	cur := s.current[typeURL]
 	changed := map[string]cachetypes.Resource{}
 	var removed []string
-	for name, a := range set {
-		if old, ok := s.current[name]; !ok || !proto.Equal(old, a) {
-			changed[name] = a
+	for name, m := range set {
+		if old, ok := cur[name]; !ok || !proto.Equal(old, m) {
+			changed[name] = m
 		}
 	}
-	for name := range s.current {
+	for name := range cur {
 		if _, ok := set[name]; !ok {
 			removed = append(removed, name)
 		}
@@ -94,37 +123,27 @@ func (s *Server) Update(set map[string]*workloadapi.Address) error {
 	if len(changed) == 0 && len(removed) == 0 {
 		return nil
 	}
-	if err := s.address.UpdateResources(changed, removed); err != nil {
-		return fmt.Errorf("xds: updating addresses: %w", err)
+	if err := lc.UpdateResources(changed, removed); err != nil {
+		return fmt.Errorf("xds: publishing %s: %w", typeURL, err)
 	}
-	s.current = set
-	s.logger.Info("WDS update", "changed", len(changed), "removed", len(removed), "total", len(set))
+	s.current[typeURL] = maps.Clone(set)
+	s.stats.push(typeURL)
+	s.logger.Info("xDS publish", "type", typeURL, "changed", len(changed), "removed", len(removed), "total", len(set))
 	return nil
 }
 
-// UpdateAuthorizations replaces the served policies; only changes are sent.
-func (s *Server) UpdateAuthorizations(set map[string]*security.Authorization) error {
+// Resources returns the resource names currently served for a type, sorted.
+func (s *Server) Resources(typeURL string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	changed := map[string]cachetypes.Resource{}
-	var removed []string
-	for name, a := range set {
-		if old, ok := s.authzs[name]; !ok || !proto.Equal(old, a) {
-			changed[name] = a
-		}
+	return slices.Sorted(maps.Keys(s.current[typeURL]))
+}
+
+// Typed converts a typed set into the form Publish takes.
+func Typed[M proto.Message](set map[string]M) map[string]proto.Message {
+	out := make(map[string]proto.Message, len(set))
+	for k, v := range set {
+		out[k] = v
 	}
-	for name := range s.authzs {
-		if _, ok := set[name]; !ok {
-			removed = append(removed, name)
-		}
-	}
-	if len(changed) == 0 && len(removed) == 0 {
-		return nil
-	}
-	if err := s.authz.UpdateResources(changed, removed); err != nil {
-		return fmt.Errorf("xds: updating authorizations: %w", err)
-	}
-	s.authzs = set
-	s.logger.Info("authorization update", "changed", len(changed), "removed", len(removed), "total", len(set))
-	return nil
+	return out
 }

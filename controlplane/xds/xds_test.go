@@ -23,7 +23,7 @@ func wl(name, ip string) *workloadapi.Address {
 func startServer(t *testing.T, l net.Listener) *xds.Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := xds.New(ctx, nil)
+	s := xds.New(ctx, nil, xds.AmbientTypes()...)
 	g := grpc.NewServer()
 	s.Register(g)
 	go g.Serve(l)
@@ -49,7 +49,7 @@ func TestDeltaUpdatesReachZtunnel(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	s := startServer(t, l)
-	if err := s.Update(map[string]*workloadapi.Address{"Kubernetes//Pod/demo/a": wl("a", "10.244.1.2"), "Kubernetes//Pod/demo/b": wl("b", "10.244.1.3")}); err != nil {
+	if err := s.Publish(xds.AddressType, xds.Typed(map[string]*workloadapi.Address{"Kubernetes//Pod/demo/a": wl("a", "10.244.1.2"), "Kubernetes//Pod/demo/b": wl("b", "10.244.1.3")})); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -68,7 +68,7 @@ func TestDeltaUpdatesReachZtunnel(t *testing.T) {
 	}
 
 	// A change, an addition and a removal arrive as a delta.
-	s.Update(map[string]*workloadapi.Address{"Kubernetes//Pod/demo/a": wl("a", "10.244.1.9"), "Kubernetes//Pod/demo/c": wl("c", "10.244.1.4")})
+	s.Publish(xds.AddressType, xds.Typed(map[string]*workloadapi.Address{"Kubernetes//Pod/demo/a": wl("a", "10.244.1.9"), "Kubernetes//Pod/demo/c": wl("c", "10.244.1.4")}))
 	eventually(t, "delta", func() bool {
 		a := idx.Workload("Kubernetes//Pod/demo/a")
 		return a != nil && idx.WorkloadByIP(netip.MustParseAddr("10.244.1.9")) != nil &&
@@ -76,7 +76,7 @@ func TestDeltaUpdatesReachZtunnel(t *testing.T) {
 	})
 
 	// The control plane restarts with another state: the stale entry goes.
-	s.Update(map[string]*workloadapi.Address{})
+	s.Publish(xds.AddressType, xds.Typed(map[string]*workloadapi.Address{}))
 	eventually(t, "removal", func() bool { return len(idx.Workloads()) == 0 })
 }
 
@@ -87,11 +87,11 @@ func TestReconnectDropsStale(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := xds.New(ctx, nil)
+	s := xds.New(ctx, nil, xds.AmbientTypes()...)
 	g := grpc.NewServer()
 	s.Register(g)
 	go g.Serve(l)
-	s.Update(map[string]*workloadapi.Address{"Kubernetes//Pod/demo/a": wl("a", "10.244.1.2"), "Kubernetes//Pod/demo/b": wl("b", "10.244.1.3")})
+	s.Publish(xds.AddressType, xds.Typed(map[string]*workloadapi.Address{"Kubernetes//Pod/demo/a": wl("a", "10.244.1.2"), "Kubernetes//Pod/demo/b": wl("b", "10.244.1.3")}))
 
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -116,7 +116,7 @@ func TestReconnectDropsStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2 := startServer(t, l2)
-	s2.Update(map[string]*workloadapi.Address{"Kubernetes//Pod/demo/b": wl("b", "10.244.1.3")})
+	s2.Publish(xds.AddressType, xds.Typed(map[string]*workloadapi.Address{"Kubernetes//Pod/demo/b": wl("b", "10.244.1.3")}))
 	eventually(t, "resync without the stale pod", func() bool {
 		return c.Synced() && len(idx.Workloads()) == 1 && idx.Workload("Kubernetes//Pod/demo/b") != nil
 	})

@@ -1,0 +1,300 @@
+// Package controller is the control plane's one loop: it owns a typed Store
+// of every config object, whoever sent it (a config source, or the runtime
+// reporting pod status as a kubelet would), debounces changes, builds the
+// ambient model (model.Build, model.BuildAuthorizations) and publishes each
+// resource type to xDS through one generic Publish. It never reads runtime
+// state itself: pod IPs, nodes, phases and redirection arrive as ordinary
+// Pod objects with their status set.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ambit-mesh/ambit/controlplane/config"
+	"github.com/ambit-mesh/ambit/controlplane/model"
+	"github.com/ambit-mesh/ambit/controlplane/xds"
+)
+
+// Publisher serves one resource type's full set to proxies (xds.Server).
+type Publisher interface {
+	Publish(typeURL string, set map[string]proto.Message) error
+}
+
+// Options configure a Controller.
+type Options struct {
+	// Publisher receives the built resources. Required.
+	Publisher Publisher
+	// Sources are run by Run; their events go to the store. A source that
+	// implements config.Syncer holds the first publish until it synced.
+	Sources []config.Source
+	Logger  *slog.Logger
+	// Debounce is the quiet period after a change before a build (default
+	// 20 ms); MaxDelay bounds how long a steady stream of changes can
+	// postpone one (default 100 ms).
+	Debounce, MaxDelay time.Duration
+	// Cluster, Domain and RootNamespace are passed to the model (empty:
+	// its defaults).
+	Cluster, Domain, RootNamespace string
+	// OnWarnings is called, from the build goroutine, when the policy
+	// warnings changed, with their sorted texts.
+	OnWarnings func([]string)
+}
+
+// Stats are the controller's counters.
+type Stats struct {
+	Builds       uint64        // model builds
+	PublishErrs  uint64        // publishes that failed
+	Objects      int           // objects in the store
+	LastBuild    time.Time     // end of the last build
+	LastDuration time.Duration // how long it took
+}
+
+// Controller ties the store, the model and xDS together.
+type Controller struct {
+	opts   Options
+	logger *slog.Logger
+	store  *Store
+	kick   chan struct{} // capacity 1: a build is wanted
+
+	mu       sync.Mutex
+	waits    int // Sync functions not yet called
+	warnings []string
+	warned   map[string]bool
+	stats    Stats
+	ready    chan struct{} // closed after the first publish
+}
+
+// New returns a controller with an empty store.
+func New(opts Options) *Controller {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Debounce <= 0 {
+		opts.Debounce = 20 * time.Millisecond
+	}
+	if opts.MaxDelay < opts.Debounce {
+		opts.MaxDelay = max(5*opts.Debounce, 100*time.Millisecond)
+	}
+	return &Controller{opts: opts, logger: opts.Logger, store: NewStore(), kick: make(chan struct{}, 1),
+		warned: map[string]bool{}, ready: make(chan struct{})}
+}
+
+// Store is the controller's store (read-only for callers: change it with
+// Apply).
+func (c *Controller) Store() *Store { return c.store }
+
+// Apply records one event and schedules a build if the store changed. It
+// never blocks on the build; it is safe for concurrent use.
+func (c *Controller) Apply(ev config.Event) {
+	if c.store.Apply(ev) {
+		c.logger.Debug("config "+ev.Type.String(), "key", ev.Key.String())
+		c.schedule()
+	}
+}
+
+func (c *Controller) schedule() {
+	select {
+	case c.kick <- struct{}{}:
+	default: // a build is already pending
+	}
+}
+
+// Sync holds the first publish until the returned function is called: a
+// caller that applies an initial state (the local runtime's pods) calls it
+// once that state is in, so that proxies never get a partial first state.
+// Call it before Run. Calling the function more than once is harmless.
+func (c *Controller) Sync() (synced func()) {
+	c.mu.Lock()
+	c.waits++
+	c.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			c.waits--
+			c.mu.Unlock()
+			c.schedule()
+		})
+	}
+}
+
+// Ready is closed once the controller has published its first state.
+func (c *Controller) Ready() <-chan struct{} { return c.ready }
+
+// Warnings returns the current policy warnings, sorted.
+func (c *Controller) Warnings() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.warnings)
+}
+
+// Stats returns the controller's counters.
+func (c *Controller) Stats() Stats {
+	c.mu.Lock()
+	st := c.stats
+	c.mu.Unlock()
+	st.Objects = c.store.Len()
+	return st
+}
+
+// Run runs the sources and the build loop until ctx is done; it returns
+// nil then, or the error of a source that failed (the loop stops too).
+func (c *Controller) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(c.opts.Sources))
+	for _, src := range c.opts.Sources {
+		synced := c.Sync()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.feed(ctx, src, synced); err != nil {
+				errc <- err
+				cancel()
+			}
+		}()
+	}
+	c.loop(ctx)
+	wg.Wait()
+	close(errc)
+	var errs []error
+	for err := range errc {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// feed applies a source's events, and calls synced once the source has
+// sent its initial objects (at once for a source that cannot tell).
+func (c *Controller) feed(ctx context.Context, src config.Source, synced func()) error {
+	syncer, _ := src.(config.Syncer)
+	if syncer == nil {
+		synced()
+	}
+	defer synced() // a source that stops must not hold the controller
+	events := make(chan config.Event, 256)
+	errc := make(chan error, 1)
+	go func() { errc <- src.Run(ctx, events) }()
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	checkSynced := func() {
+		// After HasSynced, whatever is still buffered was sent before:
+		// apply it first.
+		if syncer != nil && syncer.HasSynced() {
+			for len(events) > 0 {
+				c.Apply(<-events)
+			}
+			synced()
+			syncer = nil
+			poll.Stop()
+		}
+	}
+	for {
+		select {
+		case ev := <-events:
+			c.Apply(ev)
+			checkSynced()
+		case <-poll.C:
+			checkSynced()
+		case err := <-errc:
+			for len(events) > 0 {
+				c.Apply(<-events)
+			}
+			if err != nil {
+				c.logger.Error("config source stopped", "err", err)
+				return fmt.Errorf("config source: %w", err)
+			}
+			return nil
+		}
+	}
+}
+
+// loop builds and publishes after each debounced burst of changes, and
+// once at the start when nothing holds the first publish.
+func (c *Controller) loop(ctx context.Context) {
+	c.schedule()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var pendingSince time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kick:
+			now := time.Now()
+			if pendingSince.IsZero() {
+				pendingSince = now
+			}
+			if now.Sub(pendingSince) < c.opts.MaxDelay {
+				timer.Reset(c.opts.Debounce)
+			}
+		case <-timer.C:
+			pendingSince = time.Time{}
+			c.mu.Lock()
+			held := c.waits > 0
+			c.mu.Unlock()
+			if held {
+				continue // the last Sync function schedules again
+			}
+			c.build()
+		}
+	}
+}
+
+// build computes the model from the store and publishes it: policies
+// first, so that a workload never names a policy its proxy does not have
+// yet.
+func (c *Controller) build() {
+	start := time.Now()
+	st := c.store
+	in := model.Inputs{Namespaces: st.Namespaces(), Pods: st.Pods(), Services: st.Services(),
+		Policies: st.AuthorizationPolicies(), PeerAuthentications: st.PeerAuthentications(),
+		Cluster: c.opts.Cluster, Domain: c.opts.Domain, RootNamespace: c.opts.RootNamespace}
+	authzs, warnings := model.BuildAuthorizations(in)
+	var failed uint64
+	if err := c.opts.Publisher.Publish(xds.AuthorizationType, xds.Typed(authzs)); err != nil {
+		c.logger.Error("publishing policies", "err", err)
+		failed++
+	}
+	if err := c.opts.Publisher.Publish(xds.AddressType, xds.Typed(model.Build(in))); err != nil {
+		c.logger.Error("publishing workloads and services", "err", err)
+		failed++
+	}
+	texts := make([]string, 0, len(warnings))
+	for _, w := range warnings {
+		texts = append(texts, w.String())
+	}
+	slices.Sort(texts)
+	texts = slices.Compact(texts)
+
+	c.mu.Lock()
+	for _, t := range texts {
+		if !c.warned[t] {
+			c.warned[t] = true
+			c.logger.Warn("authorization policy", "warning", t)
+		}
+	}
+	changed := !slices.Equal(texts, c.warnings)
+	c.warnings = texts
+	c.stats.Builds++
+	c.stats.PublishErrs += failed
+	c.stats.LastBuild, c.stats.LastDuration = time.Now(), time.Since(start)
+	first := c.stats.Builds == 1
+	c.mu.Unlock()
+	if first {
+		close(c.ready)
+	}
+	if changed && c.opts.OnWarnings != nil {
+		c.opts.OnWarnings(slices.Clone(texts))
+	}
+}
