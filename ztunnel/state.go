@@ -18,6 +18,7 @@ import (
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
 
+	"github.com/ambit-mesh/ambit/authz"
 	"github.com/ambit-mesh/ambit/identity"
 )
 
@@ -31,6 +32,15 @@ type Index struct {
 	byVIP     map[netip.Addr]*workloadapi.Service
 	policies  map[string]*security.Authorization // by namespace/name
 	version   uint64
+	// endpoints are the workloads of each service (by service key, then
+	// uid), kept with the workloads so that picking one scans only them.
+	endpoints map[string]map[string]*workloadapi.Workload
+	// sorted holds the policies in name order, rebuilt on every policy
+	// update; selected caches, per workload, the policies that apply to
+	// it, dropped on every change.
+	sorted   []*security.Authorization
+	cacheMu  sync.Mutex
+	selected map[*workloadapi.Workload][]*security.Authorization
 
 	// haveAddresses and havePolicies are set once the first full state of
 	// each type has arrived; ready is closed when both are.
@@ -48,6 +58,7 @@ type Index struct {
 func NewIndex() *Index {
 	return &Index{workloads: map[string]*workloadapi.Workload{}, byIP: map[netip.Addr]*workloadapi.Workload{},
 		services: map[string]*workloadapi.Service{}, byVIP: map[netip.Addr]*workloadapi.Service{}, policies: map[string]*security.Authorization{},
+		endpoints: map[string]map[string]*workloadapi.Workload{}, selected: map[*workloadapi.Workload][]*security.Authorization{},
 		ready: make(chan struct{}), changed: make(chan struct{})}
 }
 
@@ -121,6 +132,9 @@ func (x *Index) markSyncedLocked(addresses bool) {
 // held, and the hook run after it is released.
 func (x *Index) changedLocked() func() {
 	x.version++
+	x.cacheMu.Lock()
+	clear(x.selected)
+	x.cacheMu.Unlock()
 	close(x.changed)
 	x.changed = make(chan struct{})
 	return x.onChange
@@ -169,6 +183,12 @@ func (x *Index) apply(upserts []*workloadapi.Address, removed []string, full boo
 					x.byIP[ip.Unmap()] = w
 				}
 			}
+			for key := range w.GetServices() {
+				if x.endpoints[key] == nil {
+					x.endpoints[key] = map[string]*workloadapi.Workload{}
+				}
+				x.endpoints[key][w.GetUid()] = w
+			}
 		case a.GetService() != nil:
 			s := a.GetService()
 			k := ServiceKey(s)
@@ -193,6 +213,14 @@ func (x *Index) unindexWorkload(w *workloadapi.Workload) {
 	for _, b := range w.GetAddresses() {
 		if ip, ok := netip.AddrFromSlice(b); ok && x.byIP[ip.Unmap()] == w {
 			delete(x.byIP, ip.Unmap())
+		}
+	}
+	for key := range w.GetServices() {
+		if eps := x.endpoints[key]; eps[w.GetUid()] == w {
+			delete(eps, w.GetUid())
+			if len(eps) == 0 {
+				delete(x.endpoints, key)
+			}
 		}
 	}
 }
@@ -274,7 +302,7 @@ func (x *Index) pickEndpoint(svc *workloadapi.Service, servicePort uint16) (endp
 	key := ServiceKey(svc)
 	x.mu.RLock()
 	var cands []endpoint
-	for _, w := range x.workloads {
+	for _, w := range x.endpoints[key] {
 		pl, ok := w.GetServices()[key]
 		if !ok || w.GetStatus() != workloadapi.WorkloadStatus_HEALTHY || len(w.GetAddresses()) == 0 {
 			continue
@@ -357,6 +385,13 @@ func (x *Index) UpdatePolicies(upserts []*security.Authorization, removed []stri
 	for _, p := range upserts {
 		x.policies[p.GetNamespace()+"/"+p.GetName()] = p
 	}
+	x.sorted = make([]*security.Authorization, 0, len(x.policies))
+	for _, p := range x.policies {
+		x.sorted = append(x.sorted, p)
+	}
+	sort.Slice(x.sorted, func(i, j int) bool {
+		return x.sorted[i].GetNamespace()+"/"+x.sorted[i].GetName() < x.sorted[j].GetNamespace()+"/"+x.sorted[j].GetName()
+	})
 	if full {
 		x.markSyncedLocked(false)
 	}
@@ -365,18 +400,34 @@ func (x *Index) UpdatePolicies(upserts []*security.Authorization, removed []stri
 	runHook(hook)
 }
 
-// Policies returns every policy, sorted by name.
+// Policies returns every policy, sorted by name. The slice is shared:
+// callers must not modify it.
 func (x *Index) Policies() []*security.Authorization {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	out := make([]*security.Authorization, 0, len(x.policies))
-	for _, p := range x.policies {
-		out = append(out, p)
+	return x.sorted
+}
+
+// PoliciesFor returns the policies that apply to workload w (see
+// authz.Select), computed once per index version for workloads of the
+// index. The slice is shared:
+// callers must not modify it.
+func (x *Index) PoliciesFor(w *workloadapi.Workload) []*security.Authorization {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	x.cacheMu.Lock()
+	ps, ok := x.selected[w]
+	x.cacheMu.Unlock()
+	if ok {
+		return ps
 	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].GetNamespace()+"/"+out[i].GetName() < out[j].GetNamespace()+"/"+out[j].GetName()
-	})
-	return out
+	ps = authz.Select(x.sorted, w)
+	if x.workloads[w.GetUid()] == w { // only the index's own workloads are cached
+		x.cacheMu.Lock()
+		x.selected[w] = ps
+		x.cacheMu.Unlock()
+	}
+	return ps
 }
 
 // stalePolicies lists the policies not in a full state.
