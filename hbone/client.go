@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http2/hpack"
@@ -29,11 +28,11 @@ const (
 
 // Key selects the connections a stream may share: streams multiplex only
 // among user connections with the same source identity, expected
-// destination identities, source IP and destination address.
+// destination identities and destination address. (A pool serves one
+// source address: ztunnel keeps one per pod.)
 type Key struct {
 	Src     identity.SPIFFE
 	Dst     []identity.SPIFFE
-	SrcIP   netip.Addr     // local address to dial from (zero: any)
 	DstAddr netip.AddrPort // the HBONE endpoint, usually podIP:15008
 }
 
@@ -42,7 +41,7 @@ func (k Key) String() string {
 	for i, d := range k.Dst {
 		ids[i] = d.String()
 	}
-	return k.Src.String() + "|" + strings.Join(ids, ",") + "|" + k.SrcIP.String() + "|" + k.DstAddr.String()
+	return k.Src.String() + "|" + strings.Join(ids, ",") + "|" + k.DstAddr.String()
 }
 
 // Pool dials HBONE streams, reusing connections per Key: up to
@@ -55,9 +54,6 @@ type Pool struct {
 	// pool forces TLS 1.3, ALPN h2, no SNI and no resumption on a copy, and
 	// also checks the server's identity against Key.Dst when it is set.
 	TLSConfig func(ctx context.Context, k Key) (*tls.Config, error)
-	// Control, if set, is applied to every socket before it connects (for
-	// example SO_MARK). It is not used when DialTCP is set.
-	Control func(network, address string, c syscall.RawConn) error
 	// DialTCP, if set, opens the TCP connection instead of a plain dialer
 	// (ztunnel creates the socket inside the pod's network namespace, with
 	// its mark). TCP options are applied to what it returns.
@@ -137,20 +133,6 @@ func (p *Pool) Close() {
 	for _, pc := range all {
 		pc.c.close(errors.New("hbone: pool closed"))
 	}
-}
-
-// Stats reports, per key, the open streams of each pooled connection.
-func (p *Pool) Stats() map[string][]int {
-	p.init()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := map[string][]int{}
-	for k, list := range p.conns {
-		for _, pc := range list {
-			out[k] = append(out[k], pc.active)
-		}
-	}
-	return out
 }
 
 // reap releases connections idle longer than IdleTimeout.
@@ -407,26 +389,19 @@ func (p *Pool) dialTCP(ctx context.Context, key Key) (net.Conn, error) {
 	}
 	d := &net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: tcpKeepaliveIdle, Interval: tcpKeepaliveInterval, Count: tcpKeepaliveCount},
-		Control: func(network, address string, c syscall.RawConn) error {
-			if p.Control != nil {
-				return p.Control(network, address, c)
-			}
-			return nil
-		},
-	}
-	if key.SrcIP.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: key.SrcIP.AsSlice()}
 	}
 	return d.DialContext(ctx, "tcp", key.DstAddr.String())
 }
 
-// Conn is one HBONE stream, usable as a net.Conn. Close it when done: that
-// returns its slot to the pool.
+// Conn is one HBONE stream, usable as a net.Conn: on the client from
+// Pool.Dial, on the server from Request.Accept. Close it when done: on the
+// client that returns its slot to the pool.
 type Conn struct {
 	s *stream
-	// Peer is the identity the server proved in the TLS handshake.
+	// Peer is the identity the other end proved in the TLS handshake.
 	Peer identity.SPIFFE
-	// Header holds the 200 response's headers (for example baggage).
+	// Header holds the other end's headers: on the client the 200
+	// response's (for example baggage), on the server the CONNECT's.
 	Header        http.Header
 	local, remote net.Addr
 	once          sync.Once
@@ -439,22 +414,26 @@ var (
 	_ io.ReaderFrom = (*Conn)(nil)
 )
 
-func (c *Conn) Read(b []byte) (int, error)  { return c.s.Read(b) }
+// Read reads what the other end sent; io.EOF after its END_STREAM.
+func (c *Conn) Read(b []byte) (int, error) { return c.s.Read(b) }
+
+// Write sends b, waiting for flow-control credit as needed.
 func (c *Conn) Write(b []byte) (int, error) { return c.s.Write(b) }
 
-// WriteTo copies what the server sends to w until it ends the stream,
-// straight from the receive buffer (io.Copy uses it).
+// WriteTo copies what the other end sends to w until it ends the stream
+// (then it returns a nil error), straight from the receive buffer (io.Copy
+// uses it).
 func (c *Conn) WriteTo(w io.Writer) (int64, error) { return c.s.WriteTo(w) }
 
 // ReadFrom sends what r yields until EOF, without ending the stream.
 func (c *Conn) ReadFrom(r io.Reader) (int64, error) { return c.s.ReadFrom(r) }
 
-// CloseWrite ends the stream in the client-to-server direction
-// (END_STREAM); the server half-closes its upstream. Reading goes on.
+// CloseWrite ends our direction of the stream (END_STREAM): the other end
+// reads EOF (a server half-closes its upstream). Reading goes on.
 func (c *Conn) CloseWrite() error { return c.s.CloseWrite() }
 
 // Close ends the stream both ways (RST_STREAM if either side had not
-// finished) and returns its slot to the pool.
+// finished) and, on the client, returns its slot to the pool.
 func (c *Conn) Close() error {
 	c.once.Do(func() {
 		c.s.Close()
@@ -465,7 +444,10 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-func (c *Conn) LocalAddr() net.Addr  { return c.local }
+// LocalAddr is the local address of the TCP connection carrying the stream.
+func (c *Conn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr is the other end's address of the TCP connection.
 func (c *Conn) RemoteAddr() net.Addr { return c.remote }
 
 // SetDeadline sets both deadlines.

@@ -4,12 +4,14 @@
 // ztunnel and its Go HBONE package.
 //
 // Server accepts connections, checks each CONNECT in upstream's order and
-// answers with upstream's status codes (200, 400, 401, 503) after a
-// caller-supplied Handler has authorized and connected the stream; it then
-// copies bytes both ways with half-close, and drains with GOAWAY. Pool is
-// the client: it multiplexes up to 100 streams per connection among user
-// connections that share source identity, expected destination identities,
-// source IP and destination address, verifies the server's identity,
+// hands it to a caller-supplied Handler, in the manner of net/http: the
+// handler authorizes it and either refuses it with one of upstream's
+// status codes (400, 401, 503) or accepts it (200) and gets the stream as
+// a net.Conn with half-close (CloseWrite sends END_STREAM), resets and
+// deadlines, to relay as it sees fit; the server drains with GOAWAY. Pool
+// is the client: it multiplexes up to 100 streams per connection among
+// user connections that share source identity, expected destination
+// identities and destination address, verifies the server's identity,
 // keeps connections alive with PINGs and releases idle ones.
 //
 // The HTTP/2 layer is our own (HPACK comes from golang.org/x/net): it

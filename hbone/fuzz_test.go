@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -50,16 +49,22 @@ func pipeServer(tb testing.TB, s *Server, peer identity.SPIFFE) net.Conn {
 // fuzzServer is a server whose handler refuses by target port and
 // otherwise tunnels to an in-memory upstream that greets and echoes.
 func fuzzServer() *Server {
-	return &Server{TLSConfig: nil, Handler: HandlerFunc(func(ctx context.Context, r *Request) (net.Conn, error) {
+	return &Server{TLSConfig: nil, Handler: HandlerFunc(func(ctx context.Context, r *Request) {
 		switch r.Target.Port {
 		case 401:
-			return nil, &StatusError{Code: http.StatusUnauthorized, Reason: "denied"}
+			r.Refuse(http.StatusUnauthorized, "denied")
+			return
 		case 503:
-			return nil, &StatusError{Code: http.StatusServiceUnavailable, Reason: "unknown"}
+			r.Refuse(http.StatusServiceUnavailable, "unknown")
+			return
 		case 418:
-			return nil, &StatusError{Code: http.StatusTeapot, Reason: "not an HBONE status"}
+			r.Refuse(http.StatusTeapot, "not an HBONE status")
+			return
 		case 1:
-			return nil, errors.New("connection refused")
+			r.Refuse(http.StatusServiceUnavailable, "connection refused")
+			return
+		case 2:
+			return // no answer: 503
 		}
 		a, b := net.Pipe()
 		go func() {
@@ -68,7 +73,12 @@ func fuzzServer() *Server {
 			b.Write([]byte("upstream"))
 			io.Copy(b, b)
 		}()
-		return a, nil
+		defer a.Close()
+		c, err := r.Accept(nil)
+		if err != nil {
+			return
+		}
+		relay(c, a)
 	})}
 }
 
@@ -121,6 +131,7 @@ func FuzzServerRequest(f *testing.F) {
 	f.Add("CONNECT", "10.244.1.5:503", "", "", []byte(nil))
 	f.Add("CONNECT", "10.244.1.5:418", "", "", []byte(nil))
 	f.Add("CONNECT", "10.244.1.5:1", "", "", []byte(nil))
+	f.Add("CONNECT", "10.244.1.5:2", "", "", []byte(nil))
 	f.Add("CONNECT", "a.b:65535", ":path", "/", []byte(nil))
 	f.Add("CONNECT", "::1:80", "Upper", "v", []byte(nil))
 	f.Add("CONNECT", "", "connection", "close", []byte(nil))

@@ -32,6 +32,7 @@ const (
 	portRefused   = 1    // upstream connect fails: 503
 	portBanner    = 7    // upstream writes a banner, half-closes, counts what it reads
 	portRSTUpstrm = 9    // upstream aborts with a TCP reset after the banner
+	portSilent    = 2    // the handler returns without answering: 503
 	portEcho      = 8080 // anything else: echo
 )
 
@@ -112,10 +113,10 @@ func serveTCP(t testing.TB, handle func(*net.TCPConn)) string {
 	return l.Addr().String()
 }
 
-// handler connects to the upstreams, refusing some targets with the codes
-// the tests expect.
+// handler connects to the upstreams and relays, refusing some targets
+// with the codes the tests expect.
 func (e *env) handler() Handler {
-	return HandlerFunc(func(ctx context.Context, r *Request) (net.Conn, error) {
+	return HandlerFunc(func(ctx context.Context, r *Request) {
 		select {
 		case e.lastReq <- r:
 		default:
@@ -123,21 +124,81 @@ func (e *env) handler() Handler {
 		addr := e.echo
 		switch r.Target.Port {
 		case portDeny:
-			return nil, &StatusError{Code: http.StatusUnauthorized, Reason: "denied by policy demo/deny"}
+			r.Refuse(http.StatusUnauthorized, "denied by policy demo/deny")
+			return
 		case portUnknown:
-			return nil, &StatusError{Code: http.StatusServiceUnavailable, Reason: "unknown workload"}
+			r.Refuse(http.StatusServiceUnavailable, "unknown workload")
+			return
 		case portTeapot:
-			return nil, &StatusError{Code: http.StatusTeapot, Reason: "not an HBONE status"}
-		case portRefused:
-			return nil, errors.New("connection refused")
+			r.Refuse(http.StatusTeapot, "not an HBONE status")
+			return
+		case portSilent:
+			return // neither accepts nor refuses
 		case portBanner:
 			addr = e.banner
 		case portRSTUpstrm:
 			addr = e.rst
 		}
-		r.ResponseHeader = http.Header{"Baggage": {"k8s.namespace.name=demo"}}
-		return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		up, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if r.Target.Port == portRefused {
+			err = errors.New("connection refused")
+		}
+		if err != nil {
+			r.Refuse(http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		defer up.Close()
+		c, err := r.Accept(http.Header{"Baggage": {"k8s.namespace.name=demo"}})
+		if err != nil {
+			return
+		}
+		relay(c, up)
 	})
+}
+
+// relay copies both ways between an accepted stream and its upstream,
+// passing half-closes along, and returns when both directions are done:
+// END_STREAM from the client becomes CloseWrite on the upstream, the
+// upstream's EOF becomes END_STREAM, and an error either way aborts both.
+func relay(c *Conn, upstream net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := c.WriteTo(upstream); err == nil {
+			if cw, ok := upstream.(interface{ CloseWrite() error }); ok {
+				_ = cw.CloseWrite()
+				return
+			}
+		}
+		upstream.Close()
+	}()
+	if _, err := c.ReadFrom(upstream); err == nil {
+		_ = c.CloseWrite()
+	} else {
+		c.Close()
+	}
+	<-done
+}
+
+// poolStats reports, per key, the open streams of each pooled connection.
+func poolStats(p *Pool) map[string][]int {
+	p.init()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string][]int{}
+	for k, list := range p.conns {
+		for _, pc := range list {
+			out[k] = append(out[k], pc.active)
+		}
+	}
+	return out
+}
+
+// usable reports whether new streams may still be opened (client).
+func (c *conn) usable() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.closed && !c.goAwayRecv
 }
 
 func newEnv(t testing.TB) *env {
@@ -330,7 +391,7 @@ func TestManyStreamsShareOneConnection(t *testing.T) {
 	if n := e.accepts.Load(); n != 1 {
 		t.Errorf("%d TCP connections, want 1", n)
 	}
-	stats := e.pool.Stats()[e.key().String()]
+	stats := poolStats(e.pool)[e.key().String()]
 	if len(stats) != 1 || stats[0] != 50 {
 		t.Fatalf("pool = %v, want one connection with 50 streams", stats)
 	}
@@ -339,7 +400,7 @@ func TestManyStreamsShareOneConnection(t *testing.T) {
 			c.Close()
 		}
 	}
-	if s := e.pool.Stats()[e.key().String()]; s[0] != 0 {
+	if s := poolStats(e.pool)[e.key().String()]; s[0] != 0 {
 		t.Errorf("streams not released: %v", s)
 	}
 }
@@ -353,7 +414,7 @@ func TestPoolGrowsPast100Streams(t *testing.T) {
 	if n := e.accepts.Load(); n != 2 {
 		t.Errorf("%d TCP connections, want 2", n)
 	}
-	stats := e.pool.Stats()[e.key().String()]
+	stats := poolStats(e.pool)[e.key().String()]
 	if len(stats) != 2 || stats[0] != 100 || stats[1] != 1 {
 		t.Fatalf("pool = %v, want [100 1]", stats)
 	}
@@ -365,7 +426,7 @@ func TestPoolGrowsPast100Streams(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if len(e.pool.Stats()[other.String()]) != 1 || e.accepts.Load() != 3 {
+	if len(poolStats(e.pool)[other.String()]) != 1 || e.accepts.Load() != 3 {
 		t.Errorf("a different key reused a connection")
 	}
 }
@@ -383,7 +444,7 @@ func TestPeerStreamLimit(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		e.dial(t, "10.244.1.5:8080")
 	}
-	if stats := e.pool.Stats()[e.key().String()]; len(stats) != 2 || stats[0] != 3 || stats[1] != 1 {
+	if stats := poolStats(e.pool)[e.key().String()]; len(stats) != 2 || stats[0] != 3 || stats[1] != 1 {
 		t.Fatalf("pool = %v, want [3 1]", stats)
 	}
 }
@@ -400,6 +461,7 @@ func TestStatusCodes(t *testing.T) {
 		{"unknown workload", "10.244.1.5:503", 503},
 		{"upstream connect fails", "10.244.1.5:1", 503},
 		{"handler status outside HBONE's set", "10.244.1.5:418", 503},
+		{"handler that does not answer", "10.244.1.5:2", 503},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := e.pool.Dial(dialCtx(t), e.key(), tc.target, nil)
@@ -409,7 +471,7 @@ func TestStatusCodes(t *testing.T) {
 			}
 		})
 	}
-	if s := e.pool.Stats()[e.key().String()]; len(s) != 1 || s[0] != 0 {
+	if s := poolStats(e.pool)[e.key().String()]; len(s) != 1 || s[0] != 0 {
 		t.Errorf("refused streams kept their slots: %v", s)
 	}
 	// Requests our client never sends, from Go's own HTTP/2 client.
@@ -523,6 +585,116 @@ func TestServerConfigChecked(t *testing.T) {
 	}
 }
 
+// TestAnswerOnce: a request is answered once; a later Accept or Refuse
+// fails with ErrAnswered and sends nothing.
+func TestAnswerOnce(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	errs := make(chan error, 4)
+	srv := &Server{TLSConfig: e.serverTLS, Handler: HandlerFunc(func(ctx context.Context, r *Request) {
+		if r.Target.Port == portDeny {
+			errs <- r.Refuse(http.StatusUnauthorized, "denied")
+			_, err := r.Accept(nil)
+			errs <- err
+			return
+		}
+		c, err := r.Accept(nil)
+		errs <- err
+		errs <- r.Refuse(http.StatusUnauthorized, "too late")
+		if err == nil {
+			c.Write([]byte("accepted\n"))
+			c.CloseWrite()
+			io.Copy(io.Discard, c)
+		}
+	})}
+	e.addr = e.serve(t, srv, "127.0.0.1:0")
+	c := e.dial(t, "10.244.1.5:8080")
+	if got, err := io.ReadAll(c); err != nil || string(got) != "accepted\n" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	c.CloseWrite()
+	if err := <-errs; err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+	if err := <-errs; !errors.Is(err, ErrAnswered) {
+		t.Fatalf("Refuse after Accept: %v, want ErrAnswered", err)
+	}
+	_, err := e.pool.Dial(dialCtx(t), e.key(), fmt.Sprintf("10.244.1.5:%d", portDeny), nil)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusUnauthorized {
+		t.Fatalf("dial: %v, want 401", err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatalf("Refuse: %v", err)
+	}
+	if err := <-errs; !errors.Is(err, ErrAnswered) {
+		t.Fatalf("Accept after Refuse: %v, want ErrAnswered", err)
+	}
+}
+
+// TestAcceptedStream: the handler's side of a stream has deadlines, reads
+// the client's END_STREAM as EOF, half-closes, and its Close resets a
+// stream that had not finished.
+func TestAcceptedStream(t *testing.T) {
+	noLeaks(t)
+	e := newEnv(t)
+	errs := make(chan error, 4)
+	srv := &Server{TLSConfig: e.serverTLS, Handler: HandlerFunc(func(ctx context.Context, r *Request) {
+		c, err := r.Accept(http.Header{"X-Served": {"yes"}})
+		if err != nil {
+			errs <- err
+			return
+		}
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err = c.Read(make([]byte, 1))
+		errs <- err // the deadline
+		c.SetReadDeadline(time.Time{})
+		if r.Target.Port == portRSTUpstrm {
+			c.Write([]byte("partial"))
+			c.Close() // the client has not finished: a reset
+			errs <- nil
+			return
+		}
+		got, err := io.ReadAll(c)
+		if err == nil && string(got) != "hello" {
+			err = fmt.Errorf("read %q", got)
+		}
+		errs <- err
+		c.Write([]byte("bye"))
+		errs <- c.CloseWrite()
+	})}
+	e.addr = e.serve(t, srv, "127.0.0.1:0")
+
+	c := e.dial(t, "10.244.1.5:8080")
+	if c.Header.Get("X-Served") != "yes" {
+		t.Errorf("response headers %v", c.Header)
+	}
+	if err := <-errs; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("handler read past its deadline: %v", err)
+	}
+	c.Write([]byte("hello"))
+	c.CloseWrite()
+	if err := <-errs; err != nil {
+		t.Fatalf("handler read: %v", err)
+	}
+	if got, err := io.ReadAll(c); err != nil || string(got) != "bye" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatalf("handler CloseWrite: %v", err)
+	}
+
+	c2 := e.dial(t, fmt.Sprintf("10.244.1.5:%d", portRSTUpstrm))
+	<-errs
+	<-errs
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c2)
+	var re *ResetError
+	if string(got) != "partial" || !errors.As(err, &re) || !re.Remote {
+		t.Fatalf("read %q, %v; want the data then a reset from the server", got, err)
+	}
+}
+
 func TestRequestHeadersChecked(t *testing.T) {
 	e := newEnv(t)
 	for _, h := range []http.Header{{"Connection": {"close"}}, {"Host": {"x"}}, {"X-Bad": {"a\r\nb"}}, {"Transfer-Encoding": {"chunked"}}} {
@@ -626,7 +798,7 @@ func TestBadClientsRefused(t *testing.T) {
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(5 * time.Second))
 			c.Write(bytes.Repeat([]byte{0x16, 0x03, 0xff, 0x00}, 1000))
-			_, err = io.ReadAll(c)
+			io.ReadAll(c)
 			return errors.New("closed")
 		}},
 		{"no client certificate", func() error { return tlsDial(certConf(&tls.Certificate{})) }},
@@ -735,9 +907,9 @@ func TestGoawayDrain(t *testing.T) {
 		t.Fatal("shutdown did not finish after the last stream closed")
 	}
 	deadline = time.Now().Add(5 * time.Second)
-	for len(e.pool.Stats()[e.key().String()]) != 1 {
+	for len(poolStats(e.pool)[e.key().String()]) != 1 {
 		if time.Now().After(deadline) {
-			t.Fatalf("pool after the drain: %v, want only the new connection", e.pool.Stats())
+			t.Fatalf("pool after the drain: %v, want only the new connection", poolStats(e.pool))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -818,12 +990,12 @@ func TestIdleRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(400 * time.Millisecond)
-	if len(e.pool.Stats()[e.key().String()]) != 1 {
+	if len(poolStats(e.pool)[e.key().String()]) != 1 {
 		t.Fatal("a connection with an open stream was released")
 	}
 	c.Close()
 	deadline := time.Now().Add(5 * time.Second)
-	for len(e.pool.Stats()[e.key().String()]) != 0 {
+	for len(poolStats(e.pool)[e.key().String()]) != 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("idle connection not released")
 		}
@@ -869,7 +1041,7 @@ func TestKeepalive(t *testing.T) {
 	}
 	defer func() { (<-held).Close() }()
 	deadline := time.Now().Add(5 * time.Second)
-	for len(e.pool.Stats()[k.String()]) != 0 {
+	for len(poolStats(e.pool)[k.String()]) != 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the connection to a silent peer was not dropped")
 		}

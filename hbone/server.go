@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 	"github.com/ambit-mesh/ambit/identity"
 )
 
-// HTTP/2 settings, as upstream ztunnel's (facts §1.7).
+// HTTP/2 settings, as upstream ztunnel sets them.
 const (
 	StreamWindow         = 4 << 20
 	ConnWindow           = 16 << 20
@@ -41,16 +42,64 @@ const (
 	tcpKeepaliveCount    = 9
 )
 
-// Request is an HBONE CONNECT the server has parsed.
+// Request is an HBONE CONNECT that passed the server's own checks, handed
+// to the Handler. The handler answers it once, with Accept or Refuse.
 type Request struct {
 	Target     Authority
 	Peer       identity.SPIFFE // from the client certificate
 	LocalAddr  net.Addr        // where the TCP connection arrived
 	RemoteAddr net.Addr
 	Header     http.Header // forwarded, baggage, traceparent, ...
-	// ResponseHeader, if the handler sets it, goes out with the 200 (for
-	// example a baggage header describing the destination workload).
-	ResponseHeader http.Header
+
+	c         *conn
+	st        *stream
+	authority string // as sent, for logs
+	answered  atomic.Bool
+}
+
+// ErrAnswered is returned by Request.Accept and Request.Refuse when the
+// request was already answered.
+var ErrAnswered = errors.New("hbone: CONNECT already answered")
+
+// Accept answers the CONNECT with 200 and the headers of hdr (nil for none;
+// for example a baggage header describing the destination workload), and
+// hands the stream to the caller as a *Conn: Read yields what the client
+// sends, then io.EOF at its END_STREAM; Write sends; CloseWrite sends
+// END_STREAM (the client reads EOF and may go on sending); Close resets the
+// stream unless both directions had finished; deadlines bound reads and
+// the wait for flow-control credit. The stream is the handler's until
+// ServeHBONE returns; the server then closes it. Accept fails if the
+// request was answered already, or if the stream is gone (reset by the
+// client, or its connection closed).
+func (r *Request) Accept(hdr http.Header) (*Conn, error) {
+	if !r.answered.CompareAndSwap(false, true) {
+		return nil, ErrAnswered
+	}
+	if err := r.c.writeResponse(r.st, responseFields(http.StatusOK, hdr), false); err != nil {
+		return nil, fmt.Errorf("hbone: accepting CONNECT %s: %w", r.authority, err)
+	}
+	return &Conn{s: r.st, Peer: r.Peer, Header: r.Header, local: r.LocalAddr, remote: r.RemoteAddr}, nil
+}
+
+// Refuse answers the CONNECT with code and ends the stream: 401 for a
+// policy denial, 400 for a target that is not served here, 503 for an
+// unknown workload or a destination that cannot be reached. Any other code
+// is sent as 503. The reason is logged (at debug level), not sent. The
+// server does not report the handler's refusals to Server.OnRefused: the
+// handler reports its own.
+func (r *Request) Refuse(code int, reason string) error {
+	if !r.answered.CompareAndSwap(false, true) {
+		return ErrAnswered
+	}
+	switch code {
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusServiceUnavailable:
+	default:
+		code = http.StatusServiceUnavailable
+	}
+	if err := r.c.refuseStream(r.st, code, reason, r.authority, r.Peer); err != nil {
+		return fmt.Errorf("hbone: refusing CONNECT %s: %w", r.authority, err)
+	}
+	return nil
 }
 
 // Stages at which the server refuses a connection or stream on its own,
@@ -72,7 +121,8 @@ type Refusal struct {
 	Start         time.Time // when the connection (or stream) arrived
 }
 
-// StatusError is a refusal with the HTTP status the client gets.
+// StatusError is the refusal of a CONNECT, with the HTTP status the
+// client got (Pool.Dial returns it for any status other than 200).
 type StatusError struct {
 	Code   int
 	Reason string
@@ -82,24 +132,24 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("HBONE %d %s: %s", e.Code, http.StatusText(e.Code), e.Reason)
 }
 
-// Handler authorizes a CONNECT and connects it upstream. It returns a
-// *StatusError to refuse (401 for policy denials, 400 for an unexpected
-// target, 503 for an unknown workload); any other error is a 503, and so
-// is a status other than 400, 401 and 503. The server answers 200 only
-// after Connect succeeded, then copies bytes both ways with half-close:
-// END_STREAM from the client becomes CloseWrite on the upstream (an
-// upstream without CloseWrite is closed instead) and the upstream's EOF
-// becomes END_STREAM; a reset either way aborts both. The context ends
-// when the stream or its connection does.
+// Handler serves a CONNECT that passed the server's checks (method,
+// authority, client identity), in the manner of net/http: it authorizes
+// the request and answers it with Request.Accept or Request.Refuse; after
+// accepting, it relays the stream (to the destination application, say)
+// and returns when it is done with it. A handler that returns without
+// answering gets a 503; when it returns, the server closes the stream
+// (resetting it if either direction had not finished). ctx ends when the
+// stream is reset, when its connection closes, and when ServeHBONE
+// returns.
 type Handler interface {
-	Connect(ctx context.Context, r *Request) (net.Conn, error)
+	ServeHBONE(ctx context.Context, r *Request)
 }
 
 // HandlerFunc adapts a function to Handler.
-type HandlerFunc func(ctx context.Context, r *Request) (net.Conn, error)
+type HandlerFunc func(ctx context.Context, r *Request)
 
-// Connect implements Handler.
-func (f HandlerFunc) Connect(ctx context.Context, r *Request) (net.Conn, error) { return f(ctx, r) }
+// ServeHBONE implements Handler.
+func (f HandlerFunc) ServeHBONE(ctx context.Context, r *Request) { f(ctx, r) }
 
 // Server serves HBONE on listeners. Set its fields before the first Serve.
 type Server struct {
@@ -370,8 +420,9 @@ func (s *Server) serveConn(nc net.Conn) {
 	c.readLoop()
 }
 
-// serveStream answers one request: facts §1.3's checks in order, the
-// handler's verdict, then the tunnel.
+// serveStream answers one request: the checks upstream ztunnel makes, in
+// its order (header list size, method, authority, client identity), then
+// the handler's verdict and its use of the stream.
 func (s *Server) serveStream(c *conn, st *stream, fields []hpack.HeaderField, tooBig bool, peer identity.SPIFFE, peerErr error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.mu.Lock()
@@ -384,13 +435,9 @@ func (s *Server) serveStream(c *conn, st *stream, fields []hpack.HeaderField, to
 	defer st.Close()
 
 	start := time.Now()
-	answer := func(code int, reason string, authority string) {
-		c.cfg.logger.Debug("HBONE refused", "code", code, "reason", reason, "authority", authority, "identity", peer.String())
-		_ = c.writeResponse(st, responseFields(code, nil), true)
-	}
 	// refuse answers a request the server itself refuses, and reports it.
 	refuse := func(code int, reason string, authority string) {
-		answer(code, reason, authority)
+		_ = c.refuseStream(st, code, reason, authority, peer)
 		if s.OnRefused != nil {
 			s.OnRefused(Refusal{Stage: StageRequest, Local: c.nc.LocalAddr(), Remote: c.nc.RemoteAddr(), Peer: peer, Authority: authority,
 				Code: code, Err: errors.New(reason), Start: start})
@@ -427,51 +474,18 @@ func (s *Server) serveStream(c *conn, st *stream, fields []hpack.HeaderField, to
 		refuse(http.StatusUnauthorized, "peer identity: "+peerErr.Error(), head.authority)
 		return
 	}
-	req := &Request{Target: target, Peer: peer, LocalAddr: c.nc.LocalAddr(), RemoteAddr: c.nc.RemoteAddr(), Header: head.header}
-	upstream, err := s.Handler.Connect(ctx, req)
-	if err != nil {
-		code, reason := http.StatusServiceUnavailable, err.Error()
-		var se *StatusError
-		if errors.As(err, &se) {
-			reason = se.Reason
-			switch se.Code {
-			case http.StatusBadRequest, http.StatusUnauthorized, http.StatusServiceUnavailable:
-				code = se.Code
-			}
-		}
-		answer(code, reason, head.authority)
-		return
+	req := &Request{Target: target, Peer: peer, LocalAddr: c.nc.LocalAddr(), RemoteAddr: c.nc.RemoteAddr(), Header: head.header,
+		c: c, st: st, authority: head.authority}
+	s.Handler.ServeHBONE(ctx, req)
+	if req.answered.CompareAndSwap(false, true) {
+		_ = c.refuseStream(st, http.StatusServiceUnavailable, "the handler returned without answering", head.authority, peer)
 	}
-	defer upstream.Close()
-	if err := c.writeResponse(st, responseFields(http.StatusOK, req.ResponseHeader), false); err != nil {
-		return
-	}
-	tunnel(st, upstream)
 }
 
-// tunnel copies both ways between a stream and its upstream, passing
-// half-closes along, and returns when both directions are done.
-func tunnel(st *stream, upstream net.Conn) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// Client to upstream: END_STREAM becomes CloseWrite; a reset
-		// tears the upstream down.
-		if _, err := st.WriteTo(upstream); err == nil {
-			if cw, ok := upstream.(interface{ CloseWrite() error }); ok {
-				_ = cw.CloseWrite()
-				return
-			}
-		}
-		upstream.Close()
-	}()
-	// Upstream to client: EOF becomes END_STREAM; an error resets.
-	if _, err := st.ReadFrom(upstream); err == nil {
-		_ = st.CloseWrite()
-	} else {
-		st.Close()
-	}
-	<-done
+// refuseStream answers a request with a refusal status and END_STREAM.
+func (c *conn) refuseStream(st *stream, code int, reason, authority string, peer identity.SPIFFE) error {
+	c.cfg.logger.Debug("HBONE refused", "code", code, "reason", reason, "authority", authority, "identity", peer.String())
+	return c.writeResponse(st, responseFields(code, nil), true)
 }
 
 // StartDrain stops accepting and sends GOAWAY on every connection: open
@@ -524,8 +538,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close closes every listener and connection at once. Handlers still in
-// Connect see their context end.
+// Close closes every listener and connection at once. Handlers still
+// running see their context end, and their streams fail.
 func (s *Server) Close() error {
 	s.init()
 	s.mu.Lock()

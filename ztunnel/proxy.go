@@ -597,10 +597,11 @@ func (p *podProxy) relay(c, up net.Conn, err error, log *accessLog, ml connLabel
 	log.done(p.z.cfg.AccessLog)
 }
 
-// inboundHBONE authorizes and connects an HBONE stream to the pod's app
-// (facts §1.3, after the server's method and authority checks). Every
-// refusal leaves one access-log line and one failed-connection count.
-func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn, error) {
+// inboundHBONE authorizes an HBONE stream, connects it to the pod's app
+// and relays it (after the HBONE server's own checks of method, authority
+// and client identity). Every refusal leaves one access-log line and one
+// failed-connection count.
+func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) {
 	start := time.Now()
 	src, _ := netip.ParseAddrPort(r.RemoteAddr.String())
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
@@ -608,24 +609,28 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn
 	log := accessLog{direction: "inbound", src: src, srcID: peer, dstPod: p.info, dstID: p.id, start: start,
 		dst: netip.AddrPortFrom(r.Target.Addr.Addr().Unmap(), r.Target.Port), hboneAddr: r.Target.String()}
 	ml := connLabels{reporter: "destination", srcID: peer, srcNS: peer.Namespace, dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), mtls: true}
-	refuse := func(code int, flags string, err error) error {
+	refuse := func(code int, flags string, err error) {
 		ml.responseFlags = flags
 		log.fail(p.z.cfg.AccessLog, err)
 		p.z.cfg.Metrics.fail(ml)
-		return &hbone.StatusError{Code: code, Reason: err.Error()}
+		_ = r.Refuse(code, err.Error())
 	}
 	if !r.Target.IsIP() {
-		return nil, refuse(http.StatusBadRequest, "CONNECT", errors.New("hostname targets are not supported here"))
+		refuse(http.StatusBadRequest, "CONNECT", errors.New("hostname targets are not supported here"))
+		return
 	}
 	local, ok := r.LocalAddr.(*net.TCPAddr)
 	if !ok || local.AddrPort().Addr().Unmap() != r.Target.Addr.Addr().Unmap() {
-		return nil, refuse(http.StatusBadRequest, "CONNECT", fmt.Errorf("target %s is not this pod (%v)", r.Target, r.LocalAddr))
+		refuse(http.StatusBadRequest, "CONNECT", fmt.Errorf("target %s is not this pod (%v)", r.Target, r.LocalAddr))
+		return
 	}
 	if isZtunnelPort(r.Target.Port) {
-		return nil, refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("port %d is ztunnel's", r.Target.Port))
+		refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("port %d is ztunnel's", r.Target.Port))
+		return
 	}
 	if err := p.waitConfig(); err != nil {
-		return nil, refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("held %v, then refused: %w", p.z.cfg.ConfigWait, err))
+		refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("held %v, then refused: %w", p.z.cfg.ConfigWait, err))
+		return
 	}
 	x := p.z.cfg.Index
 	ml.src, ml.dst = x.WorkloadByIP(src.Addr()), x.WorkloadByIP(log.dst.Addr())
@@ -644,26 +649,19 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn
 			"dst.addr", r.Target.String(), "dst.workload", p.info.GetName(), "dst.namespace", p.info.GetNamespace(), "policy", d.Policy, "reason", d.Reason)
 		ml.responseFlags = "DENY"
 		p.z.cfg.Metrics.fail(ml)
-		return nil, &hbone.StatusError{Code: http.StatusUnauthorized, Reason: d.Reason}
+		_ = r.Refuse(http.StatusUnauthorized, d.Reason)
+		return
 	}
 	up, err := p.dialApp(ctx, src.Addr(), r.Target.Addr)
 	if err != nil {
 		untrack()
-		return nil, refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("connecting to the application: %w", err))
+		refuse(http.StatusServiceUnavailable, "CONNECT", fmt.Errorf("connecting to the application: %w", err))
+		return
 	}
-	lc := &loggedConn{Conn: up}
-	// A re-check that denies the connection closes the app side; the
-	// tunnel then ends the stream.
-	go func() {
-		select {
-		case <-done:
-			up.Close()
-		case <-p.ctx.Done():
-		}
-	}()
 	untrackConn := p.track(up)
 	closedMetric := p.z.cfg.Metrics.open(ml)
-	lc.onClose = func(fromClient, toClient int64) {
+	finish := func(fromClient, toClient int64) {
+		up.Close()
 		ic.close()
 		untrack()
 		untrackConn()
@@ -673,7 +671,25 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) (net.Conn
 		closedMetric(toClient, fromClient)
 		log.done(p.z.cfg.AccessLog)
 	}
-	return lc, nil
+	hc, err := r.Accept(nil)
+	if err != nil {
+		finish(0, 0) // the stream is gone already
+		return
+	}
+	// A re-check that denies the connection resets the stream and closes
+	// the app side; a reset of the stream (or the loss of its HBONE
+	// connection) closes the app side.
+	go func() {
+		select {
+		case <-done:
+			hc.Close()
+			up.Close()
+		case <-ctx.Done():
+			up.Close()
+		case <-p.ctx.Done():
+		}
+	}()
+	finish(pipe(hc, &appConn{Conn: up, stream: hc}))
 }
 
 // hboneRefused records a connection or stream the HBONE server refused
@@ -786,39 +802,27 @@ func closeWrite(c net.Conn) {
 	}
 }
 
-// loggedConn counts the bytes of an inbound HBONE connection to the app
-// (read: app to client; write: client to app) and reports them once, when
-// the tunnel closes it.
-type loggedConn struct {
+// appConn is the app side of an inbound HBONE connection: an error
+// reading from the app (a reset, not its EOF) resets the stream, so that
+// the client sees the abort rather than an orderly end.
+type appConn struct {
 	net.Conn
-	fromClient, toClient int64
-	once                 sync.Once
-	onClose              func(fromClient, toClient int64)
+	stream net.Conn
 }
 
-func (c *loggedConn) Read(b []byte) (int, error) {
+func (c *appConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	c.toClient += int64(n)
+	if err != nil && err != io.EOF {
+		c.stream.Close()
+	}
 	return n, err
 }
 
-func (c *loggedConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
-	c.fromClient += int64(n)
-	return n, err
-}
-
-func (c *loggedConn) CloseWrite() error {
+func (c *appConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return nil
-}
-
-func (c *loggedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { c.onClose(c.fromClient, c.toClient) })
-	return err
 }
 
 // accessLog is the record of one connection.

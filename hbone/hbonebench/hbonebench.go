@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"runtime"
 	"sort"
@@ -144,8 +145,18 @@ func Start() (*Env, error) {
 	if err != nil {
 		return fail(err)
 	}
-	srv := &hbone.Server{TLSConfig: serverTLS, Handler: hbone.HandlerFunc(func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "tcp", r.Target.String())
+	srv := &hbone.Server{TLSConfig: serverTLS, Handler: hbone.HandlerFunc(func(ctx context.Context, r *hbone.Request) {
+		up, err := (&net.Dialer{}).DialContext(ctx, "tcp", r.Target.String())
+		if err != nil {
+			_ = r.Refuse(http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		defer up.Close()
+		c, err := r.Accept(nil)
+		if err != nil {
+			return
+		}
+		relay(c, up)
 	})}
 	go func() { _ = srv.Serve(hl) }()
 	e.closers = append(e.closers, func() { srv.Close() })
@@ -174,6 +185,28 @@ func proxy(c net.Conn, target string) {
 		_ = tc.CloseWrite()
 	}
 	wg.Wait()
+}
+
+// relay copies both ways between an accepted HBONE stream and its
+// upstream, as a ztunnel does: END_STREAM becomes CloseWrite on the
+// upstream and the upstream's EOF becomes END_STREAM; an error either way
+// aborts both. The copies take the stream's WriteTo and ReadFrom paths.
+func relay(c *hbone.Conn, up net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := c.WriteTo(up); err == nil {
+			_ = up.(*net.TCPConn).CloseWrite()
+			return
+		}
+		up.Close()
+	}()
+	if _, err := c.ReadFrom(up); err == nil {
+		_ = c.CloseWrite()
+	} else {
+		c.Close()
+	}
+	<-done
 }
 
 // Paths lists the paths in the order they are reported.

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"testing"
 	"time"
@@ -151,9 +152,19 @@ func TestIstioClientToAmbitServer(t *testing.T) {
 	client, server := certs(t)
 	echo := echoServer(t)
 	seen := make(chan identity.SPIFFE, 1)
-	srv := &hbone.Server{TLSConfig: serverTLS(server), Handler: hbone.HandlerFunc(func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
+	srv := &hbone.Server{TLSConfig: serverTLS(server), Handler: hbone.HandlerFunc(func(ctx context.Context, r *hbone.Request) {
 		seen <- r.Peer
-		return (&net.Dialer{}).DialContext(ctx, "tcp", r.Target.String())
+		up, err := (&net.Dialer{}).DialContext(ctx, "tcp", r.Target.String())
+		if err != nil {
+			r.Refuse(http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		defer up.Close()
+		c, err := r.Accept(nil)
+		if err != nil {
+			return
+		}
+		relay(c, up)
 	})}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -174,6 +185,27 @@ func TestIstioClientToAmbitServer(t *testing.T) {
 		t.Errorf("Ambit's server saw peer %v, want %v", got, client.ID)
 	}
 	exchange(t, c)
+}
+
+// relay copies both ways between an accepted stream and its upstream with
+// half-close (END_STREAM becomes CloseWrite and EOF becomes END_STREAM);
+// an error either way aborts both.
+func relay(c *hbone.Conn, up net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := io.Copy(up, c); err == nil {
+			up.(*net.TCPConn).CloseWrite()
+			return
+		}
+		up.Close()
+	}()
+	if _, err := io.Copy(c, up); err == nil {
+		c.CloseWrite()
+	} else {
+		c.Close()
+	}
+	<-done
 }
 
 // TestAmbitClientToIstioServer: Ambit's hbone.Pool through
