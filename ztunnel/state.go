@@ -1,9 +1,3 @@
-// Package ztunnel is Ambit's node proxy: for every pod the node agent hands
-// it (over ZDS), it runs listeners inside the pod's network namespace —
-// 15001 for the pod's outbound traffic, 15006 for plaintext inbound, 15008
-// for HBONE inbound — with the pod's own SPIFFE identity, using what the
-// control plane pushed (workloads and services over WDS) to decide where
-// each connection goes and how.
 package ztunnel
 
 import (

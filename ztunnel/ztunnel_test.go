@@ -309,8 +309,9 @@ func TestMeshTraffic(t *testing.T) {
 			return r["msg"] == "connection complete" && r["direction"] == "inbound" && r["dst.workload"] == "b" &&
 				strings.HasPrefix(fmt.Sprint(r["src.addr"]), m.ips["c"]+":")
 		})
-		// c sent nothing: bytes_sent counts what the client sent.
-		if rec["src.identity"] != nil || fmt.Sprint(rec["bytes_sent"]) != "0" || fmt.Sprint(rec["bytes_recv"]) == "0" {
+		// c sent nothing; b sent its greeting (inbound, bytes_sent is the
+		// destination's, as upstream).
+		if rec["src.identity"] != nil || fmt.Sprint(rec["bytes_recv"]) != "0" || fmt.Sprint(rec["bytes_sent"]) == "0" {
 			t.Fatalf("plaintext inbound logged as %v", rec)
 		}
 	})

@@ -1,0 +1,194 @@
+package ztunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/ambit-mesh/ambit/authz"
+	"github.com/ambit-mesh/ambit/hbone"
+)
+
+// inboundHBONE authorizes an HBONE stream, connects it to the pod's app
+// and relays it (after the HBONE server's own checks of method, authority
+// and client identity). Every refusal leaves one record.
+func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) {
+	start := time.Now()
+	src := unmapped(r.RemoteAddr)
+	peer := r.Peer
+	rec := &connRecord{direction: "inbound", src: src, srcID: peer, dstPod: p.info, dstID: p.id, start: start,
+		dst: netip.AddrPortFrom(r.Target.Addr.Addr().Unmap(), r.Target.Port), hboneAddr: r.Target.String(),
+		labels: connLabels{reporter: "destination", srcID: peer, srcNS: peer.Namespace, dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName(), mtls: true}}
+	refuse := func(code int, err error) {
+		rec.refused(p.z.cfg.AccessLog, p.z.cfg.Metrics, "CONNECT", err)
+		_ = r.Refuse(code, err.Error())
+	}
+	if !r.Target.IsIP() {
+		refuse(http.StatusBadRequest, errors.New("hostname targets are not supported here"))
+		return
+	}
+	local, ok := r.LocalAddr.(*net.TCPAddr)
+	if !ok || local.AddrPort().Addr().Unmap() != rec.dst.Addr() {
+		refuse(http.StatusBadRequest, fmt.Errorf("target %s is not this pod (%v)", r.Target, r.LocalAddr))
+		return
+	}
+	if isZtunnelPort(r.Target.Port) {
+		refuse(http.StatusServiceUnavailable, fmt.Errorf("port %d is ztunnel's", r.Target.Port))
+		return
+	}
+	if err := p.waitConfig(); err != nil {
+		refuse(http.StatusServiceUnavailable, fmt.Errorf("held %v, then refused: %w", p.z.cfg.ConfigWait, err))
+		return
+	}
+	p.describeInbound(rec)
+	ic := &inboundConn{ac: authz.Conn{Src: &peer, SrcIP: src.Addr(), DstIP: rec.dst.Addr(), DstPort: r.Target.Port}, src: src, dst: rec.dst}
+	var closed sync.Once
+	denied := make(chan struct{})
+	ic.close = func() { closed.Do(func() { close(denied) }) }
+	d, untrack := p.admitInbound(ic)
+	if !d.Allow {
+		rec.denied(p.z.cfg.AccessLog, p.z.cfg.Metrics, d.Policy, d.Reason)
+		_ = r.Refuse(http.StatusUnauthorized, d.Reason)
+		return
+	}
+	defer untrack()
+	defer ic.close()
+	app, err := p.dialApp(ctx, src.Addr(), r.Target.Addr)
+	if err != nil {
+		refuse(http.StatusServiceUnavailable, fmt.Errorf("connecting to the application: %w", err))
+		return
+	}
+	stream, err := r.Accept(nil)
+	if err != nil {
+		app.Close()
+		rec.refused(p.z.cfg.AccessLog, p.z.cfg.Metrics, "CONNECT", fmt.Errorf("accepting the stream: %w", err))
+		return
+	}
+	// A re-check that denies the connection resets the stream and closes
+	// the app side; a reset of the stream (or the loss of its HBONE
+	// connection) closes the app side.
+	go func() {
+		select {
+		case <-denied:
+			stream.Close()
+			app.Close()
+		case <-ctx.Done():
+			app.Close()
+		case <-p.ctx.Done():
+		}
+	}()
+	p.relay(stream, &appConn{Conn: app, stream: stream}, rec)
+}
+
+// describeInbound fills in what the index knows of an inbound
+// connection's ends, and the service it was addressed to (upstream's
+// guess of the inbound service).
+func (p *podProxy) describeInbound(rec *connRecord) {
+	x := p.z.cfg.Index
+	l := &rec.labels
+	l.src, l.dst = x.WorkloadByIP(rec.src.Addr()), x.WorkloadByIP(rec.dst.Addr())
+	if l.src != nil {
+		l.srcName = l.src.GetName()
+		if l.srcNS == "" {
+			l.srcNS = l.src.GetNamespace()
+		}
+	}
+	l.service = x.GuessInboundService(l.dst, rec.dst.Port(), "")
+	rec.service = l.service
+}
+
+// hboneRefused records a connection or stream the HBONE server refused
+// before the handler saw it: not TLS, a wrong or missing certificate, not
+// HTTP/2, a malformed request.
+func (p *podProxy) hboneRefused(r hbone.Refusal) {
+	rec := &connRecord{direction: "inbound", src: unmapped(r.Remote), srcID: r.Peer, dst: unmapped(r.Local), dstPod: p.info, dstID: p.id,
+		start: r.Start, hboneAddr: r.Authority,
+		labels: connLabels{reporter: "destination", srcID: r.Peer, srcNS: r.Peer.Namespace, dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName()}}
+	flags := "CONNECT"
+	switch r.Stage {
+	case hbone.StageTLS:
+		flags = "TLS_FAILURE"
+	case hbone.StageHTTP2:
+		flags = "H2_HANDSHAKE_FAILURE"
+		rec.labels.mtls = true
+	default:
+		rec.labels.mtls = true
+	}
+	rec.labels.dst = p.z.cfg.Index.WorkloadByIP(rec.dst.Addr())
+	rec.refused(p.z.cfg.AccessLog, p.z.cfg.Metrics, flags, fmt.Errorf("HBONE %s refused: %w", r.Stage, r.Err))
+}
+
+// inboundPlain handles plaintext arriving on 15006 from outside the mesh.
+func (p *podProxy) inboundPlain(cc *captured) {
+	c, src, orig := cc.c, cc.src, cc.orig
+	rec := &connRecord{direction: "inbound", src: src, dst: orig, dstPod: p.info, dstID: p.id, start: cc.start, plaintext: true,
+		labels: connLabels{reporter: "destination", dstID: p.id, dstNS: p.info.GetNamespace(), dstName: p.info.GetName()}}
+	refuse := func(err error) { rec.refused(p.z.cfg.AccessLog, p.z.cfg.Metrics, "CONNECT", err) }
+	if cc.origErr != nil {
+		refuse(fmt.Errorf("no original destination: %w", cc.origErr))
+		return
+	}
+	if isZtunnelPort(orig.Port()) {
+		refuse(errors.New("plaintext to a ztunnel port"))
+		return
+	}
+	if err := p.waitConfig(); err != nil {
+		refuse(fmt.Errorf("held %v, then refused: %w", p.z.cfg.ConfigWait, err))
+		return
+	}
+	p.describeInbound(rec)
+	ic := &inboundConn{ac: authz.Conn{SrcIP: src.Addr(), DstIP: orig.Addr(), DstPort: orig.Port()}, src: src, dst: orig}
+	ic.close = func() { c.Close() }
+	d, untrack := p.admitInbound(ic)
+	if !d.Allow {
+		rec.denied(p.z.cfg.AccessLog, p.z.cfg.Metrics, d.Policy, d.Reason)
+		return
+	}
+	defer untrack()
+	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
+	cc.turn.wait(ctx)
+	app, err := p.dialApp(ctx, src.Addr(), orig)
+	cancel()
+	cc.turn.done()
+	if err != nil {
+		refuse(err)
+		return
+	}
+	p.relay(c, app, rec)
+}
+
+// unmapped is a socket address as a netip.AddrPort without the IPv4-in-6
+// mapping.
+func unmapped(a net.Addr) netip.AddrPort {
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// appConn is the app side of an inbound HBONE connection: an error
+// reading from the app (a reset, not its EOF) resets the stream, so that
+// the client sees the abort rather than an orderly end.
+type appConn struct {
+	net.Conn
+	stream net.Conn
+}
+
+func (c *appConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil && err != io.EOF {
+		c.stream.Close()
+	}
+	return n, err
+}
+
+func (c *appConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
