@@ -1,7 +1,7 @@
 // Package authz evaluates L4 authorization for a connection at its
-// destination, in ztunnel's order and with upstream Istio ambient's
-// semantics (facts §7.2), over istio.security.Authorization resources as
-// the control plane sends them. ztunnel and `ambit authz check` share it,
+// destination, in ztunnel's order and with upstream ztunnel's semantics
+// (istio/ztunnel src/rbac.rs), over istio.security.Authorization resources
+// as the control plane sends them. ztunnel and `ambit authz check` share it,
 // so what the CLI explains is what the data path does. Translation from
 // AuthorizationPolicy is the control plane's (controlplane/authzpolicy).
 package authz

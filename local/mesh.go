@@ -164,7 +164,7 @@ func (b *restartBackoff) after(ran time.Duration) time.Duration {
 // with SIGTERM says so on a pipe before it closes anything: its
 // replacement starts at once, binds every pod's listeners next to the old
 // ones (SO_REUSEPORT), and the old one hands over and drains in the
-// background, so that no new connection is refused (facts §4.5).
+// background, so that no new connection is refused (as upstream, SO_REUSEPORT hand-off).
 func (s *Supervisor) runZtunnel(ctx context.Context, n NodeStatus, dir string) {
 	backoff := restartBackoff{min: ztunnelBackoffMin, max: ztunnelBackoffMax, healthyAfter: ztunnelHealthyAfter}
 	var draining sync.WaitGroup

@@ -16,7 +16,7 @@ import (
 )
 
 // Handing a node over to a new ztunnel without refusing a connection
-// (facts §4.5): the new ztunnel receives every pod from the node agent and
+// (as upstream istio-cni and ztunnel do it): the new ztunnel receives every pod from the node agent and
 // binds its in-pod listeners with SO_REUSEPORT next to ours. Handoff waits
 // for that, pod by pod, and only then closes our listeners, so that a new
 // connection always finds a listener; tcp_migrate_req (set in every pod's

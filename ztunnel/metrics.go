@@ -10,7 +10,7 @@ import (
 	"github.com/ambit-mesh/ambit/identity"
 )
 
-// tcpLabels is upstream ztunnel's TCP metric label set (facts §10.1), so
+// tcpLabels is upstream ztunnel's TCP metric label set (src/proxy/metrics.rs in istio/ztunnel), so
 // existing Istio dashboards work unchanged. Missing values are "unknown".
 func tcpLabels() []string {
 	return []string{

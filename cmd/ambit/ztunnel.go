@@ -130,7 +130,7 @@ func newZtunnelCmd() *cobra.Command {
 			default:
 			}
 
-			// Drain (facts §4.5), without a refused connection when a
+			// Drain (as upstream ztunnel), without a refused connection when a
 			// replacement comes: free the node-level ports for it, say we
 			// are draining (the local runtime then starts the
 			// replacement at once), keep every pod's listeners until the

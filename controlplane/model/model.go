@@ -58,7 +58,8 @@ func ServiceName(svc *corev1.Service, domain string) string {
 	return svc.Namespace + "/" + ServiceHostname(svc, domain)
 }
 
-// Enrolled reports whether a pod belongs in the ambient mesh (facts §9):
+// Enrolled reports whether a pod belongs in the ambient mesh, as upstream
+// istio-cni decides it:
 // pod label ambient, or namespace label ambient without pod label none;
 // never host-network pods.
 func Enrolled(pod *corev1.Pod, ns *corev1.Namespace) bool {
