@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -83,7 +82,7 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) {
 		case <-p.ctx.Done():
 		}
 	}()
-	p.relay(stream, &appConn{Conn: app, stream: stream}, rec)
+	p.relay(stream, app, rec)
 }
 
 // describeInbound fills in what the index knows of an inbound
@@ -168,27 +167,4 @@ func (p *podProxy) inboundPlain(cc *captured) {
 func unmapped(a net.Addr) netip.AddrPort {
 	ap, _ := netip.ParseAddrPort(a.String())
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
-
-// appConn is the app side of an inbound HBONE connection: an error
-// reading from the app (a reset, not its EOF) resets the stream, so that
-// the client sees the abort rather than an orderly end.
-type appConn struct {
-	net.Conn
-	stream net.Conn
-}
-
-func (c *appConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if err != nil && err != io.EOF {
-		c.stream.Close()
-	}
-	return n, err
-}
-
-func (c *appConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
 }

@@ -19,19 +19,36 @@ func (p *podProxy) relay(client, upstream net.Conn, rec *connRecord) {
 	rec.done(p.z.cfg.AccessLog, fromClient, toClient)
 }
 
-// pipe copies both ways with half-close and returns the bytes a->b and b->a.
+// pipe copies both ways and returns the bytes a->b and b->a. An orderly
+// end of one side (EOF; END_STREAM on an HBONE stream) becomes a
+// half-close of the other; an error (a reset, a broken connection) aborts
+// the other side instead (Close: a reset on an HBONE stream), so that an
+// abort is never passed on as an orderly end. The conns are given to
+// io.Copy as they are, so the HBONE stream's WriteTo and ReadFrom and
+// TCP's writev and splice paths apply: a wrapper here costs milliseconds
+// per connection.
 func pipe(a, b net.Conn) (aToB, bToA int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		aToB, _ = io.CopyBuffer(b, a, make([]byte, 32<<10))
-		closeWrite(b)
+		aToB = copyHalf(b, a)
 	}()
-	bToA, _ = io.CopyBuffer(a, b, make([]byte, 32<<10))
-	closeWrite(a)
+	bToA = copyHalf(a, b)
 	wg.Wait()
 	return aToB, bToA
+}
+
+// copyHalf copies src to dst, then half-closes dst, or aborts it if the
+// copy failed.
+func copyHalf(dst, src net.Conn) int64 {
+	n, err := io.Copy(dst, src)
+	if err != nil {
+		dst.Close()
+		return n
+	}
+	closeWrite(dst)
+	return n
 }
 
 func closeWrite(c net.Conn) {
