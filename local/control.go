@@ -668,25 +668,52 @@ func AdminGet(stateDir, node, path string) ([]byte, error) {
 	if netns == "" {
 		return nil, fmt.Errorf("no node %q (nodes: %s)", node, strings.Join(names, ", "))
 	}
+	body, err := httpGetIn(netns, "127.0.0.1:15000", path)
+	if err != nil {
+		return nil, fmt.Errorf("ztunnel admin on %s: %w", node, err)
+	}
+	return body, nil
+}
+
+// ControlPlaneGet fetches a path (/ready, /metrics, /debug/store,
+// /debug/proxies) from the local mesh's control plane, which serves them on
+// the underlay.
+func ControlPlaneGet(stateDir, path string) ([]byte, error) {
+	if _, err := ReadState(stateDir); err != nil {
+		return nil, err
+	}
+	body, err := httpGetIn(netnsPath(underlayNetns), fmt.Sprintf("%s:%d", controlPlaneIP, controlPlaneHTTPPort), path)
+	if err != nil {
+		return nil, fmt.Errorf("control plane: %w", err)
+	}
+	return body, nil
+}
+
+// httpGetIn does one HTTP GET to addr from inside a network namespace.
+func httpGetIn(netns, addr, path string) ([]byte, error) {
 	var body []byte
-	err = nsnet.Do(netns, func() error {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:15000", 5*time.Second)
+	err := nsnet.Do(netns, func() error {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
-			return fmt.Errorf("ztunnel admin on %s: %w", node, err)
+			return err
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n", path)
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
-			return fmt.Errorf("ztunnel admin on %s: %w", node, err)
+			return err
 		}
 		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("ztunnel admin on %s: %s", node, resp.Status)
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if err != nil {
+			return err
 		}
-		body, err = io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		return err
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
+		}
+		body = b
+		return nil
 	})
 	return body, err
 }

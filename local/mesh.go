@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +32,9 @@ import (
 const (
 	controlPlaneIP   = "172.30.0.1"
 	controlPlanePort = 15012
+	// controlPlaneHTTPPort serves the control plane's /ready, /metrics and
+	// /debug endpoints on the underlay, as `ambit controlplane --http` does.
+	controlPlaneHTTPPort = 15014
 )
 
 // meshParts are the mesh components the supervisor runs: the control plane
@@ -86,7 +90,14 @@ func (s *Supervisor) startMesh(ctx context.Context, nodes []NodeStatus) (*meshPa
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
 	go func() { _ = m.cp.Serve(l) }()
-	s.Logger.Info("control plane up", "addr", l.Addr().String())
+	hl, err := nsnet.Listen(ctx, netnsPath(underlayNetns), fmt.Sprintf("%s:%d", controlPlaneIP, controlPlaneHTTPPort), nsnet.SocketOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("control plane HTTP endpoint: %w", err)
+	}
+	hs := &http.Server{Handler: m.cp.HTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(hl) }()
+	go func() { <-ctx.Done(); _ = hs.Close() }()
+	s.Logger.Info("control plane up", "addr", l.Addr().String(), "http", hl.Addr().String())
 
 	for _, n := range nodes {
 		dir := s.nodeDir(n.Name)

@@ -2,8 +2,10 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/ambit-mesh/ambit/local"
 	"github.com/spf13/cobra"
@@ -72,6 +74,27 @@ func newLocalCmd() *cobra.Command {
 		},
 	}
 
+	controlplane := &cobra.Command{
+		Use:   "controlplane [/ready|/metrics|/debug/store|/debug/proxies]",
+		Short: "Fetch one of the local control plane's HTTP endpoints (default /debug/store)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := "/debug/store"
+			if len(args) == 1 {
+				path = args[0]
+			}
+			if !strings.HasPrefix(path, "/") {
+				return fmt.Errorf("path %q: must start with /", path)
+			}
+			body, err := local.ControlPlaneGet(stateDir, path)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(body)
+			return err
+		},
+	}
+
 	var runDir string
 	var runNodes int
 	run := &cobra.Command{
@@ -101,6 +124,6 @@ func newLocalCmd() *cobra.Command {
 			return local.NSExec(netns, argv, os.Environ(), opts)
 		},
 	}
-	cmd.AddCommand(up, down, status, exec, run, nsexec)
+	cmd.AddCommand(up, down, status, exec, controlplane, run, nsexec)
 	return cmd
 }

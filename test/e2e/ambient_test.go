@@ -152,6 +152,17 @@ func TestAmbientMesh(t *testing.T) {
 		} else if !strings.Contains(out, "Available") {
 			t.Errorf("certificates not available:\n%s", out)
 		}
+		// Local mode's in-process control plane serves the same endpoints
+		// as `ambit controlplane --http`.
+		if out := mustAmbit(t, 20*time.Second, "local", "controlplane", "/ready", "--state-dir", stateDir); !strings.Contains(out, "ready") {
+			t.Errorf("local controlplane /ready: %q", out)
+		}
+		if out := mustAmbit(t, 20*time.Second, "local", "controlplane", "/debug/proxies", "--state-dir", stateDir); !strings.Contains(out, "ztunnel~node1") || !strings.Contains(out, "ztunnel~node2") || !strings.Contains(out, "Kubernetes//Pod/demo/echo-1") {
+			t.Errorf("local controlplane /debug/proxies lacks both ztunnels or echo-1:\n%s", out)
+		}
+		if out := mustAmbit(t, 20*time.Second, "local", "controlplane", "--state-dir", stateDir); !strings.Contains(out, `"demo/echo-1"`) {
+			t.Errorf("local controlplane /debug/store lacks demo/echo-1:\n%.2000s", out)
+		}
 		out, err := exec.Command("ip", "netns", "exec", "ambit-node1", "curl", "-sS", "-m", "5", "http://127.0.0.1:15020/metrics").CombinedOutput()
 		if err != nil {
 			t.Fatalf("metrics: %v %s", err, out)
