@@ -40,9 +40,11 @@ func RequireRoot() error {
 type UpOptions struct {
 	ConfigDir string
 	StateDir  string
-	Nodes     int           // 0: from a LocalCluster in ConfigDir, else 2
-	Timeout   time.Duration // for every pod to be running
-	Out       io.Writer
+	Nodes     int // 0: from a LocalCluster in ConfigDir, else 2
+	// ZtunnelWorkers is each ztunnel's --workers (0: ztunnel's default).
+	ZtunnelWorkers int
+	Timeout        time.Duration // for every pod to be running
+	Out            io.Writer
 }
 
 // Up validates the config, cleans leftovers of an earlier run, starts the
@@ -114,7 +116,8 @@ func Up(ctx context.Context, o UpOptions) error {
 		return fmt.Errorf("supervisor log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(self, "local", "run", "-f", dir, "--nodes", strconv.Itoa(nodes), "--state-dir", o.StateDir)
+	cmd := exec.Command(self, "local", "run", "-f", dir, "--nodes", strconv.Itoa(nodes), "--state-dir", o.StateDir,
+		"--ztunnel-workers", strconv.Itoa(o.ZtunnelWorkers))
 	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

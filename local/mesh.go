@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -253,8 +254,8 @@ func (s *Supervisor) startZtunnel(n NodeStatus, dir string) (*ztunnelProc, error
 	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, "/"
 	cmd.ExtraFiles = []*os.File{pw}
 	cmd.Env = []string{"PATH=" + s.binDir + ":/usr/sbin:/usr/bin:/sbin:/bin"}
-	if v := os.Getenv("GOMAXPROCS"); v != "" {
-		cmd.Env = append(cmd.Env, "GOMAXPROCS="+v) // e.g. to compare worker counts in benchmarks
+	if s.ZtunnelWorkers > 0 {
+		cmd.Args = append(cmd.Args, "--workers", strconv.Itoa(s.ZtunnelWorkers))
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	err = cmd.Start()

@@ -29,7 +29,9 @@ type Supervisor struct {
 	ConfigDir string
 	StateDir  string
 	Nodes     int
-	Logger    *slog.Logger
+	// ZtunnelWorkers is each ztunnel's --workers (0: ztunnel's default).
+	ZtunnelWorkers int
+	Logger         *slog.Logger
 
 	self, binDir string
 	paths        Paths

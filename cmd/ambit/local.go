@@ -20,7 +20,7 @@ func newLocalCmd() *cobra.Command {
 	cmd.PersistentFlags().StringVar(&stateDir, "state-dir", local.DefaultStateDir, "where the local mesh keeps its state and logs")
 
 	var upDir string
-	var upNodes int
+	var upNodes, upWorkers int
 	up := &cobra.Command{
 		Use:   "up -f DIR",
 		Short: "Bring up a local mesh from a directory of Kubernetes YAML",
@@ -29,10 +29,11 @@ func newLocalCmd() *cobra.Command {
 			if upDir == "" {
 				return errors.New("-f DIR is required")
 			}
-			return local.Up(cmd.Context(), local.UpOptions{ConfigDir: upDir, StateDir: stateDir, Nodes: upNodes, Out: cmd.OutOrStdout()})
+			return local.Up(cmd.Context(), local.UpOptions{ConfigDir: upDir, StateDir: stateDir, Nodes: upNodes, ZtunnelWorkers: upWorkers, Out: cmd.OutOrStdout()})
 		},
 	}
 	up.Flags().StringVarP(&upDir, "filename", "f", "", "directory of manifests (Namespace, ServiceAccount, Pod, Service, AuthorizationPolicy, ...)")
+	up.Flags().IntVar(&upWorkers, "ztunnel-workers", 0, "each ztunnel's --workers (0: ztunnel's default, 2)")
 	up.Flags().IntVar(&upNodes, "nodes", 0, "number of nodes (default: spec.nodes of a LocalCluster in DIR, else 2)")
 
 	down := &cobra.Command{
@@ -96,19 +97,20 @@ func newLocalCmd() *cobra.Command {
 	}
 
 	var runDir string
-	var runNodes int
+	var runNodes, runWorkers int
 	run := &cobra.Command{
 		Use:    "run",
 		Short:  "The supervisor (started by up; not for direct use)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s := &local.Supervisor{ConfigDir: runDir, StateDir: stateDir, Nodes: runNodes,
+			s := &local.Supervisor{ConfigDir: runDir, StateDir: stateDir, Nodes: runNodes, ZtunnelWorkers: runWorkers,
 				Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 			return s.Run(cmd.Context())
 		},
 	}
 	run.Flags().StringVarP(&runDir, "filename", "f", "", "directory of manifests")
+	run.Flags().IntVar(&runWorkers, "ztunnel-workers", 0, "each ztunnel's --workers")
 	run.Flags().IntVar(&runNodes, "nodes", 2, "number of nodes")
 
 	nsexec := &cobra.Command{

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -49,7 +50,7 @@ func listenRetry(ctx context.Context, addr string) (net.Listener, error) {
 func newZtunnelCmd() *cobra.Command {
 	var (
 		cpAddr, credDir, node, zdsSocket, adminAddr, readyAddr, metricsAddr, trustDomain, logFormat string
-		drainNotifyFD                                                                               int
+		drainNotifyFD, workers                                                                      int
 		handoffTimeout, drainTimeout                                                                time.Duration
 	)
 	cmd := &cobra.Command{
@@ -57,6 +58,12 @@ func newZtunnelCmd() *cobra.Command {
 		Short: "Run the node proxy: in-pod listeners, HBONE mTLS, workload identities from the CA, WDS from the control plane",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if workers < 0 {
+				return fmt.Errorf("--workers %d: want 0 (every CPU) or more", workers)
+			}
+			if workers > 0 {
+				runtime.GOMAXPROCS(workers)
+			}
 			var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
 			if logFormat == "json" {
 				h = slog.NewJSONHandler(os.Stderr, nil)
@@ -172,6 +179,7 @@ func newZtunnelCmd() *cobra.Command {
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.IntVar(&drainNotifyFD, "drain-notify-fd", 0, "file descriptor to write \"draining\" to on SIGTERM (the local runtime starts the replacement then)")
 	f.DurationVar(&handoffTimeout, "handoff-timeout", 5*time.Second, "on SIGTERM, how long each pod's listeners wait for a replacement ztunnel to bind its own before closing")
+	f.IntVar(&workers, "workers", 2, "worker threads for the data path (GOMAXPROCS), as upstream ztunnel's default of 2 on a shared node; 0: one per CPU")
 	f.DurationVar(&drainTimeout, "drain-timeout", 25*time.Second, "on SIGTERM, how long open connections may take to finish before they are cut")
 	return cmd
 }
