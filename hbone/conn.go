@@ -78,18 +78,23 @@ type conn struct {
 	drainTimer  *time.Timer
 
 	// Reader-only state.
-	hdec     *hpack.Decoder
-	hfields  []hpack.HeaderField
-	hsize    uint32
-	htooBig  bool
-	hblock   []byte
-	hstream  uint32
-	hend     bool
-	inBlock  bool
-	scratch  []byte
-	fresh    []*chunk
-	hdrBuf   [frameHeaderLen]byte
-	settings bool // reader saw the peer's first SETTINGS
+	hdec    *hpack.Decoder
+	hfields []hpack.HeaderField
+	hsize   uint32
+	htooBig bool
+	hblock  []byte
+	hstream uint32
+	hend    bool
+	inBlock bool
+	scratch []byte
+	fresh   []*chunk
+	// The reader's state for direct delivery to a sink (stream.deliverLocked).
+	deliverBufs [][]byte
+	deliverFn   func(uintptr) bool // c.deliver
+	deliverN    int
+	deliverErr  error
+	hdrBuf      [frameHeaderLen]byte
+	settings    bool // reader saw the peer's first SETTINGS
 }
 
 type connConfig struct {
@@ -137,6 +142,7 @@ func newConn(nc, raw net.Conn, cfg connConfig) *conn {
 		done:        make(chan struct{}),
 	}
 	c.peerMaxFrame.Store(minMaxFrameSize)
+	c.deliverFn = c.deliver
 	c.enc = hpack.NewEncoder(&c.encBuf)
 	c.hdec = hpack.NewDecoder(defaultHPACK, c.emitField)
 	c.hdec.SetMaxStringLength(maxHeaderBlock)

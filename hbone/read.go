@@ -227,10 +227,16 @@ func (c *conn) readData(h frameHeader) error {
 	} else {
 		s.buffered += dataLen
 	}
+	wake := true
+	if !h.has(flagEndStream) {
+		wake = s.deliverLocked()
+	}
 	if h.has(flagEndStream) {
 		c.endStreamLocked(s, false)
 	}
-	s.cond.Broadcast()
+	if wake {
+		s.cond.Broadcast()
+	}
 	c.mu.Unlock()
 	return nil
 }

@@ -9,7 +9,10 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -151,12 +154,19 @@ type stream struct {
 	rstSent atomic.Bool // RST_STREAM is on the wire (either way): no frame may follow
 
 	// Guarded by c.mu.
-	sendWindow   int64
-	recvWindow   int64
-	recvUnacked  int64
-	buf          chunkQueue
-	buffered     int
-	reading      bool // WriteTo is writing out of buf without the lock
+	sendWindow  int64
+	recvWindow  int64
+	recvUnacked int64
+	buf         chunkQueue
+	buffered    int
+	reading     bool // WriteTo, or the reader delivering to sink, is writing out of buf without the lock
+	// sink is the socket a parked WriteTo copies to: while WriteTo waits
+	// for data, the connection's reader writes new DATA to it directly,
+	// without blocking (see deliverLocked), so a message crosses no
+	// goroutine hand-off; WriteTo takes over what the socket did not take.
+	sink         syscall.RawConn
+	delivered    int64 // bytes written to sink by the reader, not yet counted by WriteTo
+	sinkErr      error // the reader's write to sink failed
 	wbufs        net.Buffers
 	remoteClosed bool // END_STREAM received
 	localClosed  bool // END_STREAM sent
@@ -268,16 +278,27 @@ func (s *stream) Read(p []byte) (int, error) {
 }
 
 // WriteTo copies everything the peer sends to w until END_STREAM (then it
-// returns a nil error), writing straight out of the receive buffer.
+// returns a nil error), writing straight out of the receive buffer. When w
+// is a socket, the connection's reader delivers to it directly while
+// WriteTo waits (see deliverLocked).
 func (s *stream) WriteTo(w io.Writer) (int64, error) {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	c := s.c
+	var sink syscall.RawConn
+	if sc, ok := w.(*net.TCPConn); ok {
+		sink, _ = sc.SyscallConn()
+	}
 	var total int64
 	var backing net.Buffers
 	for {
 		c.mu.Lock()
-		if err := s.waitReadableLocked(); err != nil {
+		s.sink = sink
+		err := s.waitWritableOutLocked()
+		s.sink = nil
+		total += s.delivered
+		s.delivered = 0
+		if err != nil {
 			c.mu.Unlock()
 			if err == io.EOF {
 				err = nil
@@ -293,14 +314,7 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 		s.wbufs = nil
 
 		c.mu.Lock()
-		s.reading = false
-		if s.closed {
-			s.buf.release()
-		} else {
-			s.buf.advance(int(n))
-			s.buffered -= int(n)
-			c.creditLocked(s, n)
-		}
+		s.doneReadingLocked(n)
 		c.mu.Unlock()
 		clear(backing)
 		total += n
@@ -310,6 +324,84 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
+// waitWritableOutLocked waits until WriteTo has data to write out or must
+// return, and no direct delivery is in flight.
+func (s *stream) waitWritableOutLocked() error {
+	for {
+		if s.sinkErr != nil {
+			return s.sinkErr
+		}
+		if !s.reading {
+			wait, err := s.readableLocked()
+			if !wait {
+				return err
+			}
+		}
+		s.cond.Wait()
+	}
+}
+
+// deliver is the reader's one non-blocking writev to a sink (as a method
+// value made once per connection, so a delivery allocates nothing).
+func (c *conn) deliver(fd uintptr) bool {
+	for {
+		c.deliverN, c.deliverErr = unix.Writev(int(fd), c.deliverBufs)
+		if c.deliverErr != unix.EINTR {
+			return true // never wait: WriteTo takes over what is left
+		}
+	}
+}
+
+// doneReadingLocked ends a write out of the buffer that took n bytes.
+func (s *stream) doneReadingLocked(n int64) {
+	s.reading = false
+	if s.closed {
+		s.buf.release()
+		return
+	}
+	s.buf.advance(int(n))
+	s.buffered -= int(n)
+	s.c.creditLocked(s, n)
+}
+
+// deliverLocked writes the buffer to the sink of a waiting WriteTo,
+// without blocking, outside c.mu (called and returning with it held). It
+// reports whether WriteTo must wake up: data is left over, the write
+// failed, or the stream changed meanwhile.
+func (s *stream) deliverLocked() (wake bool) {
+	if s.sink == nil || s.reading || s.buffered == 0 || s.closed || s.reset != nil {
+		return true
+	}
+	c := s.c
+	sink := s.sink
+	c.deliverBufs = s.buf.appendBuffers(c.deliverBufs[:0])
+	s.reading = true
+	c.mu.Unlock()
+	err := sink.Write(c.deliverFn)
+	n, werr := c.deliverN, c.deliverErr
+	if n < 0 {
+		n = 0
+	}
+	if werr == unix.EAGAIN {
+		werr = nil
+	}
+	if err == nil && werr != nil {
+		err = os.NewSyscallError("writev", werr)
+	}
+	clear(c.deliverBufs)
+	c.deliverBufs = c.deliverBufs[:0]
+	c.mu.Lock()
+	s.doneReadingLocked(int64(n))
+	s.delivered += int64(n)
+	if err != nil {
+		s.sinkErr = err
+		return true
+	}
+	// Anything that changed while the lock was out (data left over, a
+	// close, a reset, a deadline) found WriteTo waiting for this delivery.
+	wait, _ := s.readableLocked()
+	return !wait
+}
 func (s *stream) writeErrLocked() error {
 	switch {
 	case s.closed:
@@ -374,11 +466,17 @@ func (s *stream) Write(p []byte) (int, error) {
 
 // ReadFrom sends everything r yields until EOF (it does not end the
 // stream), with a buffer that grows while r keeps filling it and shrinks
-// back when it does not (an idle stream holds a small one).
+// back when it does not. A socket is read with a buffer taken only once it
+// is readable, so an idle stream holds none.
 func (s *stream) ReadFrom(r io.Reader) (int64, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	pools := &s.c.cfg.buffers.copies
+	if tc, ok := r.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			return s.readFromRaw(rc)
+		}
+	}
 	class := 0
 	var total int64
 	for {
@@ -401,12 +499,73 @@ func (s *stream) ReadFrom(r io.Reader) (int64, error) {
 		if rerr != nil {
 			return total, rerr
 		}
-		switch {
-		case n == len(buf) && class < len(pools)-1:
-			class++
-		case n < len(buf)/4 && class > 0:
-			class--
+		class = nextClass(class, n, len(buf))
+	}
+}
+
+// nextClass grows the copy buffer class while reads fill the buffer and
+// shrinks it when they use less than a quarter.
+func nextClass(class, n, size int) int {
+	switch {
+	case n == size && class < copyClasses-1:
+		return class + 1
+	case n < size/4 && class > 0:
+		return class - 1
+	}
+	return class
+}
+
+// readFromRaw is ReadFrom for a socket: each read attempt takes a buffer
+// from the pool and gives it back if the socket had nothing, so the
+// buffer is held only while there is data to send.
+func (s *stream) readFromRaw(rc syscall.RawConn) (int64, error) {
+	pools := &s.c.cfg.buffers.copies
+	class := 0
+	var total int64
+	var bp *[]byte
+	var n int
+	var rerr error
+	attempt := func(fd uintptr) bool {
+		bp = pools[class].Get().(*[]byte)
+		for {
+			n, rerr = unix.Read(int(fd), *bp)
+			if rerr != unix.EINTR {
+				break
+			}
 		}
+		if rerr == unix.EAGAIN {
+			pools[class].Put(bp)
+			bp = nil
+			return false // wait until readable, then try again
+		}
+		return true
+	}
+	for {
+		err := rc.Read(attempt)
+		if err == nil && rerr != nil {
+			err = os.NewSyscallError("read", rerr)
+		}
+		if err != nil {
+			if bp != nil {
+				pools[class].Put(bp)
+				bp = nil
+			}
+			return total, err
+		}
+		if n <= 0 {
+			pools[class].Put(bp)
+			bp = nil
+			return total, nil // EOF
+		}
+		m, werr := s.write((*bp)[:n])
+		total += int64(m)
+		size := len(*bp)
+		pools[class].Put(bp)
+		bp = nil
+		if werr != nil {
+			return total, werr
+		}
+		class = nextClass(class, n, size)
 	}
 }
 
