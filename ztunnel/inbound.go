@@ -47,9 +47,8 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) {
 	}
 	p.describeInbound(rec)
 	ic := &inboundConn{ac: authz.Conn{Src: &peer, SrcIP: src.Addr(), DstIP: rec.dst.Addr(), DstPort: r.Target.Port}, src: src, dst: rec.dst}
-	var closed sync.Once
-	denied := make(chan struct{})
-	ic.close = func() { closed.Do(func() { close(denied) }) }
+	var cut onDeny
+	ic.close = cut.deny
 	d, untrack := p.admitInbound(ic)
 	if !d.Allow {
 		rec.denied(p.z.cfg.AccessLog, p.z.cfg.Metrics, d.Policy, d.Reason)
@@ -57,7 +56,6 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) {
 		return
 	}
 	defer untrack()
-	defer ic.close()
 	app, err := p.dialApp(ctx, src.Addr(), r.Target.Addr)
 	if err != nil {
 		refuse(http.StatusServiceUnavailable, fmt.Errorf("connecting to the application: %w", err))
@@ -71,18 +69,42 @@ func (p *podProxy) inboundHBONE(ctx context.Context, r *hbone.Request) {
 	}
 	// A re-check that denies the connection resets the stream and closes
 	// the app side; a reset of the stream (or the loss of its HBONE
-	// connection) closes the app side.
-	go func() {
-		select {
-		case <-denied:
-			stream.Close()
-			app.Close()
-		case <-ctx.Done():
-			app.Close()
-		case <-p.ctx.Done():
-		}
-	}()
+	// connection) closes the app side. Callbacks, not a watching
+	// goroutine: an idle connection costs its two relay goroutines only.
+	cut.set(func() {
+		stream.Close()
+		app.Close()
+	})
+	defer context.AfterFunc(ctx, func() { app.Close() })()
 	p.relay(stream, app, rec)
+}
+
+// onDeny runs a connection's cut-off when a policy re-check denies it,
+// at once if the denial came before the cut-off was set.
+type onDeny struct {
+	mu     sync.Mutex
+	denied bool
+	cut    func()
+}
+
+func (o *onDeny) deny() {
+	o.mu.Lock()
+	o.denied = true
+	cut := o.cut
+	o.mu.Unlock()
+	if cut != nil {
+		cut()
+	}
+}
+
+func (o *onDeny) set(cut func()) {
+	o.mu.Lock()
+	o.cut = cut
+	denied := o.denied
+	o.mu.Unlock()
+	if denied {
+		cut()
+	}
 }
 
 // describeInbound fills in what the index knows of an inbound
