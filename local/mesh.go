@@ -247,7 +247,9 @@ func (s *Supervisor) startZtunnel(n NodeStatus, dir string) (*ztunnelProc, error
 		logf.Close()
 		return nil, fmt.Errorf("ztunnel drain pipe: %w", err)
 	}
-	cmd := exec.Command(s.self, "local", "nsexec", "--die-with-parent", n.Netns, "--", s.self, "ztunnel",
+	// ambit-ztunnel is `ambit ztunnel` in a binary of its own, which
+	// links only the data plane.
+	cmd := exec.Command(s.self, "local", "nsexec", "--die-with-parent", n.Netns, "--", filepath.Join(s.binDir, "ambit-ztunnel"),
 		"--node", n.Name, "--control-plane", fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort),
 		"--credential-dir", dir, "--zds-socket", filepath.Join(dir, "ztunnel.sock"),
 		"--admin", "127.0.0.1:15000", "--readiness", ":15021", "--log-format", "json", "--drain-notify-fd", "3")

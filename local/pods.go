@@ -147,17 +147,18 @@ func selfBinDir() (self, dir string, err error) {
 	return self, filepath.Dir(self), nil
 }
 
-// checkPlugins verifies the CNI plugins are next to the binary.
+// checkPlugins verifies the CNI plugins and the ztunnel binary are next to
+// the binary.
 func checkPlugins(binDir string) error {
 	var missing []string
-	for _, p := range []string{"bridge", "host-local", "ambit-cni"} {
+	for _, p := range []string{"bridge", "host-local", "ambit-cni", "ambit-ztunnel"} {
 		if _, err := os.Stat(filepath.Join(binDir, p)); err != nil {
 			missing = append(missing, p)
 		}
 	}
 	if len(missing) > 0 {
 		sort.Strings(missing)
-		return fmt.Errorf("CNI plugins %s not found in %s: run `make build`, which builds them from their Go module", strings.Join(missing, ", "), binDir)
+		return fmt.Errorf("%s not found in %s: run `make build`, which builds them (the CNI plugins from their Go module)", strings.Join(missing, ", "), binDir)
 	}
 	return nil
 }

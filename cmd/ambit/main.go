@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ambit-mesh/ambit/cmd/internal/ztunnelcmd"
 )
 
 func main() {
@@ -36,7 +38,7 @@ func newRootCmd() *cobra.Command {
 		newSampleCmd(),        // sample.go: sample workloads
 		newControlPlaneCmd(),  // controlplane.go: control plane (CA, later xDS)
 		newHBONEBenchCmd(),    // hbonebench.go: HBONE micro-benchmark
-		newZtunnelCmd(),       // ztunnel.go: the node proxy
+		ztunnelcmd.New(),      // the node proxy (also the ambit-ztunnel binary)
 		newZtunnelConfigCmd(), // inspect.go: what a ztunnel knows
 		newAuthzCmd(),         // inspect.go: explain authorization decisions
 	)

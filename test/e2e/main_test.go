@@ -18,7 +18,7 @@ import (
 	"time"
 )
 
-// binDir holds ambit, ambit-cni and the CNI plugins (AMBIT_BIN_DIR, or
+// binDir holds ambit, ambit-ztunnel, ambit-cni and the CNI plugins (AMBIT_BIN_DIR, or
 // built into a temporary directory by TestMain).
 var binDir string
 

@@ -1,4 +1,8 @@
-package main
+// Package ztunnelcmd is the ztunnel command: flags, the node credential,
+// the CA and xDS clients, the ZDS socket and the admin endpoints around
+// package ztunnel. Both `ambit ztunnel` and the small ambit-ztunnel binary
+// (what local mode and a node DaemonSet run) use it.
+package ztunnelcmd
 
 import (
 	"context"
@@ -47,7 +51,8 @@ func listenRetry(ctx context.Context, addr string) (net.Listener, error) {
 	}
 }
 
-func newZtunnelCmd() *cobra.Command {
+// New returns the ztunnel command.
+func New() *cobra.Command {
 	var (
 		cpAddr, credDir, node, zdsSocket, adminAddr, readyAddr, metricsAddr, trustDomain, logFormat string
 		drainNotifyFD, workers                                                                      int
