@@ -42,11 +42,14 @@ test-e2e: build
 test-interop:
 	@if ls test/interop/*_test.go >/dev/null 2>&1; then cd test/interop && go test -count=1 -v -timeout 10m ./...; fi
 
-## bench-tools: fortio, built from its Go module into bin/
+## bench-tools: fortio (from its Go module), the bench's pod helper, and Istio's Go HBONE pair (from test/interop) into bin/
 bench-tools:
+	@mkdir -p $(BIN)
 	@test -x $(BIN)/fortio || GOBIN=$(BIN) go install fortio.org/fortio@v1.66.5
+	go build -o $(BIN)/ambit-benchtool ./bench/tool
+	cd test/interop && go build -o $(BIN)/istio-hbone-pair ./cmd/istio-hbone-pair
 
-## bench: the data-path benchmark (direct vs Ambit vs stunnel), table to bench/results/
+## bench: the data-path benchmark (direct, Ambit with ztunnel --workers 2 and 1, stunnel, Istio's Go HBONE), report and raw JSON to bench/results/
 bench: deps build bench-tools
 	go run ./bench -bin $(BIN) -out bench/results
 
