@@ -2,8 +2,9 @@ package hbone
 
 import (
 	"io"
-	"runtime"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/perftest"
 )
 
 // Allocation gates for the hot path. They count heap allocations of the
@@ -13,37 +14,6 @@ import (
 // here asserts one. The bounds were measured and given a little headroom:
 // raise one only with a reason, and lower it when the data path gets
 // leaner.
-
-// allocsPerOp runs op warm times, then reports the heap allocations per
-// call over n calls. It measures a few times and keeps the lowest figure:
-// a background allocation (a keepalive PING, a timer, the runtime) can only
-// add to a trial, so the minimum is the hot path's own cost.
-func allocsPerOp(tb testing.TB, warm, n int, op func() error) float64 {
-	tb.Helper()
-	for i := 0; i < warm; i++ {
-		if err := op(); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	best := -1.0
-	var ms runtime.MemStats
-	for trial := 0; trial < 3; trial++ {
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		before := ms.Mallocs
-		for i := 0; i < n; i++ {
-			if err := op(); err != nil {
-				tb.Fatal(err)
-			}
-		}
-		runtime.ReadMemStats(&ms)
-		got := float64(ms.Mallocs-before) / float64(n)
-		if best < 0 || got < best {
-			best = got
-		}
-	}
-	return best
-}
 
 // TestAllocsStreamRoundTrip guards the request/response hot path on an
 // open HBONE stream: a 1 KB client Write, the server handler's Read and
@@ -57,7 +27,7 @@ func TestAllocsStreamRoundTrip(t *testing.T) {
 	e, k := handlerEnv(t, streamEcho)
 	c := openStream(t, e, k)
 	req, resp := make([]byte, 1024), make([]byte, 1024)
-	got := allocsPerOp(t, 200, 2000, func() error { return roundTrip(c, req, resp) })
+	got := perftest.AllocsPerOp(t, 200, 2000, func() error { return perftest.RoundTrip(c, req, resp) })
 	t.Logf("%.2f allocations per 1 KB round trip", got)
 	if got > limit {
 		t.Errorf("%.2f allocations per 1 KB round trip on an open stream, want at most %d", got, limit)
@@ -74,7 +44,7 @@ func TestAllocsStreamWrite(t *testing.T) {
 	e, k := handlerEnv(t, streamDiscard)
 	c := openStream(t, e, k)
 	buf := make([]byte, 64<<10)
-	got := allocsPerOp(t, 100, 1000, func() error { _, err := c.Write(buf); return err })
+	got := perftest.AllocsPerOp(t, 100, 1000, func() error { _, err := c.Write(buf); return err })
 	t.Logf("%.2f allocations per 64 KiB write", got)
 	if got > limit {
 		t.Errorf("%.2f allocations per 64 KiB write on an open stream, want at most %d", got, limit)
@@ -91,7 +61,7 @@ func TestAllocsStreamRead(t *testing.T) {
 	e, k := handlerEnv(t, streamSource)
 	c := openStream(t, e, k)
 	buf := make([]byte, 64<<10)
-	got := allocsPerOp(t, 100, 1000, func() error { _, err := io.ReadFull(c, buf); return err })
+	got := perftest.AllocsPerOp(t, 100, 1000, func() error { _, err := io.ReadFull(c, buf); return err })
 	t.Logf("%.2f allocations per 64 KiB read", got)
 	if got > limit {
 		t.Errorf("%.2f allocations per 64 KiB read on an open stream, want at most %d", got, limit)

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/perftest"
 )
 
 // The benchmarks run a client and server in process on loopback; the
@@ -185,15 +187,6 @@ func openStream(tb testing.TB, e *env, k Key) *Conn {
 	return c
 }
 
-// roundTrip writes req and reads len(resp) bytes back.
-func roundTrip(c net.Conn, req, resp []byte) error {
-	if _, err := c.Write(req); err != nil {
-		return err
-	}
-	_, err := io.ReadFull(c, resp)
-	return err
-}
-
 // BenchmarkStreamRTT1K is a 1 KB request and its 1 KB echo per op through
 // the tunnel and an echo upstream (the path BenchmarkStreamRTT takes).
 func BenchmarkStreamRTT1K(b *testing.B) {
@@ -204,7 +197,7 @@ func BenchmarkStreamRTT1K(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := roundTrip(c, req, resp); err != nil {
+		if err := perftest.RoundTrip(c, req, resp); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -223,7 +216,7 @@ func BenchmarkStreamEchoRTT(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if err := roundTrip(c, req, resp); err != nil {
+				if err := perftest.RoundTrip(c, req, resp); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/perftest"
 )
 
 // The fast paths between a stream and a socket: the connection's reader
@@ -21,31 +23,6 @@ import (
 // delivery falls back to WriteTo), one that resets, a stream that is
 // closed or times out while WriteTo is parked, and a source socket that
 // ends, fails or times out.
-
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (a, b *net.TCPConn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	ch := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		ch <- c
-	}()
-	d, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-ch
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { d.Close(); s.Close() })
-	return d.(*net.TCPConn), s.(*net.TCPConn)
-}
 
 // sendHandler accepts and writes payload in chunks of the given sizes,
 // then ends the stream.
@@ -94,7 +71,7 @@ func TestWriteToSocket(t *testing.T) {
 			want := payload[:tc.size]
 			e, k := handlerEnv(t, sendHandler(want, tc.sizes))
 			c := openStream(t, e, k)
-			near, far := tcpPair(t)
+			near, far := perftest.TCPPair(t)
 			got := make(chan []byte, 1)
 			go func() {
 				var buf bytes.Buffer
@@ -170,7 +147,7 @@ func TestWriteToSocketEnds(t *testing.T) {
 				}
 			})
 			c := openStream(t, e, k)
-			near, far := tcpPair(t)
+			near, far := perftest.TCPPair(t)
 			done := make(chan error, 1)
 			go func() {
 				_, err := c.WriteTo(near)
@@ -228,7 +205,7 @@ func TestReadFromSocket(t *testing.T) {
 				sums <- s
 			})
 			c := openStream(t, e, k)
-			near, far := tcpPair(t)
+			near, far := perftest.TCPPair(t)
 			payload := bytes.Repeat([]byte("0123456789abcdef"), tc.size/16+1)[:tc.size]
 			go func() {
 				far.Write(payload)

@@ -1,8 +1,9 @@
 package ztunnel
 
 import (
-	"runtime"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/perftest"
 )
 
 // Allocation gates for the relay's pipe once a connection is set up. They
@@ -12,44 +13,13 @@ import (
 // assert, timings are not, and nothing here asserts one. The bounds were
 // measured and given a little headroom: raise one only with a reason.
 
-// allocsPerOp runs op warm times, then reports the heap allocations per
-// call over n calls. It measures a few times and keeps the lowest figure:
-// a background allocation (a keepalive PING, a timer, the runtime) can only
-// add to a trial, so the minimum is the hot path's own cost.
-func allocsPerOp(tb testing.TB, warm, n int, op func() error) float64 {
-	tb.Helper()
-	for i := 0; i < warm; i++ {
-		if err := op(); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	best := -1.0
-	var ms runtime.MemStats
-	for trial := 0; trial < 3; trial++ {
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		before := ms.Mallocs
-		for i := 0; i < n; i++ {
-			if err := op(); err != nil {
-				tb.Fatal(err)
-			}
-		}
-		runtime.ReadMemStats(&ms)
-		got := float64(ms.Mallocs-before) / float64(n)
-		if best < 0 || got < best {
-			best = got
-		}
-	}
-	return best
-}
-
 // checkRoundTripAllocs measures a 1 KB request/response through setup's
 // path and fails above limit.
 func checkRoundTripAllocs(t *testing.T, setup pipeSetup, limit float64) {
 	t.Helper()
 	app := setup(t, farEcho)
 	req, resp := make([]byte, 1024), make([]byte, 1024)
-	got := allocsPerOp(t, 200, 2000, func() error { return roundTrip(app, req, resp) })
+	got := perftest.AllocsPerOp(t, 200, 2000, func() error { return perftest.RoundTrip(app, req, resp) })
 	t.Logf("%.2f allocations per 1 KB round trip", got)
 	if got > limit {
 		t.Errorf("%.2f allocations per 1 KB round trip through pipe, want at most %v", got, limit)
@@ -72,7 +42,7 @@ func TestAllocsPipeTCPRoundTrip(t *testing.T) {
 func TestAllocsPipeTCPWrite(t *testing.T) {
 	app := pipeTCP(t, farDiscard)
 	buf := make([]byte, 64<<10)
-	got := allocsPerOp(t, 100, 1000, func() error { _, err := app.Write(buf); return err })
+	got := perftest.AllocsPerOp(t, 100, 1000, func() error { _, err := app.Write(buf); return err })
 	t.Logf("%.2f allocations per 64 KiB write", got)
 	if got > 0.1 {
 		t.Errorf("%.2f allocations per 64 KiB write through pipe, want 0", got)

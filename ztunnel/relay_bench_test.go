@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/internal/perftest"
+
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/identity/identitytest"
@@ -51,33 +53,6 @@ func farEcho(c net.Conn) {
 			return
 		}
 	}
-}
-
-// tcpPair is a connected loopback TCP pair.
-func tcpPair(tb testing.TB) (near, far net.Conn) {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() { c, err := l.Accept(); ch <- res{c, err} }()
-	near, err = net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		near.Close()
-		tb.Fatal(r.err)
-	}
-	tb.Cleanup(func() { near.Close(); r.c.Close() })
-	return near, r.c
 }
 
 // startPipe runs pipe(a, b) until the test ends (then closes both).
@@ -185,8 +160,8 @@ type pipeSetup func(tb testing.TB, far farEnd) net.Conn
 
 // pipeTCP: app -TCP- pipe -TCP- far.
 func pipeTCP(tb testing.TB, far farEnd) net.Conn {
-	app, a := tcpPair(tb)
-	b, c := tcpPair(tb)
+	app, a := perftest.TCPPair(tb)
+	b, c := perftest.TCPPair(tb)
 	startPipe(tb, a, b)
 	goFar(tb, far, c)
 	return app
@@ -225,18 +200,9 @@ func pipeHBONEOutbound(tb testing.TB, far farEnd) net.Conn {
 		defer c.Close()
 		far(c)
 	})
-	app, a := tcpPair(tb)
+	app, a := perftest.TCPPair(tb)
 	startPipe(tb, a, dialStream(tb, pool, k))
 	return app
-}
-
-// roundTrip writes req and reads len(resp) bytes back.
-func roundTrip(c net.Conn, req, resp []byte) error {
-	if _, err := c.Write(req); err != nil {
-		return err
-	}
-	_, err := io.ReadFull(c, resp)
-	return err
 }
 
 func benchPipe(b *testing.B, setup pipeSetup) {
@@ -264,7 +230,7 @@ func benchPipe(b *testing.B, setup pipeSetup) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
-			if err := roundTrip(app, req, resp); err != nil {
+			if err := perftest.RoundTrip(app, req, resp); err != nil {
 				b.Fatal(err)
 			}
 		}
