@@ -228,7 +228,10 @@ func (c *conn) readData(h frameHeader) error {
 		s.buffered += dataLen
 	}
 	wake := true
-	if !h.has(flagEndStream) {
+	// Deliver straight to the socket only when no further frame is already
+	// read in: under load, the streams' own WriteTo goroutines write in
+	// parallel, and the reader goes on reading.
+	if !h.has(flagEndStream) && c.br.Buffered() == 0 {
 		wake = s.deliverLocked()
 	}
 	if h.has(flagEndStream) {
