@@ -185,6 +185,19 @@ func (p *Pool) removeLocked(pc *poolConn) {
 // header carries forwarded and baggage; a traceparent is added when it has
 // none. A status other than 200 is a *StatusError.
 func (p *Pool) Dial(ctx context.Context, key Key, target string, header http.Header) (*Conn, error) {
+	return p.DialEarly(ctx, key, target, header, nil)
+}
+
+// DialEarly is Dial that sends early, the first bytes of the tunnelled
+// connection, as DATA right behind the CONNECT, in the same TLS record:
+// the server holds them in the stream until its handler accepts, so a
+// client-first protocol saves the round trip of waiting for the 200. A
+// refused CONNECT discards them. When the peer's windows do not take them
+// at once, they are written after the 200. An unanswered stream is tried
+// again on another connection only if the server provably never
+// processed it (refused by GOAWAY or REFUSED_STREAM) once early bytes
+// went out with it.
+func (p *Pool) DialEarly(ctx context.Context, key Key, target string, header http.Header, early []byte) (*Conn, error) {
 	p.init()
 	if _, err := ParseAuthority(target); err != nil {
 		return nil, fmt.Errorf("hbone: CONNECT via %s: %w", key.DstAddr, err)
@@ -201,12 +214,12 @@ func (p *Pool) Dial(ctx context.Context, key Key, target string, header http.Hea
 		if err != nil {
 			return nil, err
 		}
-		s, err := pc.c.openStream(ctx, fields)
+		s, sentEarly, err := pc.c.openStream(ctx, fields, early)
 		if err != nil {
 			p.release(pc)
-			// No user byte has been sent: a stream that got no answer can
-			// be retried on another connection.
-			if ctx.Err() == nil && attempt < 2 {
+			// No user byte has been sent, or the server never saw the
+			// stream: it can be retried on another connection.
+			if ctx.Err() == nil && attempt < 2 && (!sentEarly || neverProcessed(err)) {
 				p.Logger.Debug("HBONE CONNECT retried", "target", target, "via", key.DstAddr, "error", err)
 				continue
 			}
@@ -219,8 +232,22 @@ func (p *Pool) Dial(ctx context.Context, key Key, target string, header http.Hea
 		}
 		c := &Conn{s: s, Peer: pc.peer, Header: s.respHeader, local: pc.c.nc.LocalAddr(), remote: pc.c.nc.RemoteAddr()}
 		c.onClose = func() { p.release(pc) }
+		if len(early) > 0 && !sentEarly {
+			if _, err := c.Write(early); err != nil {
+				c.Close()
+				return nil, fmt.Errorf("hbone: CONNECT %s via %s: writing the first bytes: %w", target, key.DstAddr, err)
+			}
+		}
 		return c, nil
 	}
+}
+
+// neverProcessed reports whether a stream's error proves the server never
+// processed it (RFC 9113 §8.7): refused by GOAWAY, or reset with
+// REFUSED_STREAM.
+func neverProcessed(err error) bool {
+	var re *ResetError
+	return errors.Is(err, errGoAwayRefused) || (errors.As(err, &re) && re.Code == uint32(errCodeRefusedStream))
 }
 
 // get returns a connection for key with a stream reserved on it.

@@ -179,7 +179,7 @@ func TestClientConformance(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			s, err := c.openStream(ctx, connect)
+			s, _, err := c.openStream(ctx, connect, nil)
 			switch {
 			case tc.errIs != "":
 				if err == nil || !strings.Contains(err.Error(), tc.errIs) {

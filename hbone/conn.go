@@ -196,7 +196,10 @@ func (c *conn) startConn() error {
 
 // openStream opens a client stream with a request and waits for the
 // response headers (the caller holds a reservation).
-func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*stream, error) {
+// openStream sends HEADERS, and early as DATA in the same write when the
+// peer's windows take all of it (sentEarly reports whether they did), then
+// waits for the response.
+func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField, early []byte) (s *stream, sentEarly bool, err error) {
 	c.lockWrite()
 	c.mu.Lock()
 	c.reserved--
@@ -204,20 +207,29 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*str
 		err := c.err
 		c.mu.Unlock()
 		c.unlockWrite()
-		return nil, err
+		return nil, false, err
 	}
 	if c.goAwayRecv {
 		c.mu.Unlock()
 		c.unlockWrite()
-		return nil, errGoAwayRefused
+		return nil, false, errGoAwayRefused
 	}
-	s := newStream(c, c.nextID)
+	s = newStream(c, c.nextID)
 	c.nextID += 2
 	c.streams[s.id] = s
+	n := int64(len(early))
+	sentEarly = n > 0 && n <= s.sendWindow && n <= c.sendWindow && len(early) <= int(c.peerMaxFrame.Load())
+	if sentEarly {
+		s.sendWindow -= n
+		c.sendWindow -= n
+	}
 	c.mu.Unlock()
 	c.writeHeadersLocked(s.id, fields, false)
+	if sentEarly {
+		c.writeFrameLocked(frameHeader{typ: frameData, stream: s.id}, early)
+	}
 	if err := c.unlockWrite(); err != nil {
-		return nil, err
+		return nil, sentEarly, err
 	}
 	stop := context.AfterFunc(ctx, func() {
 		c.mu.Lock()
@@ -230,18 +242,18 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*str
 	for !s.gotResponse {
 		switch {
 		case s.refused:
-			return nil, errGoAwayRefused
+			return nil, sentEarly, errGoAwayRefused
 		case s.reset != nil:
-			return nil, s.reset
+			return nil, sentEarly, s.reset
 		case c.closed:
-			return nil, c.err
+			return nil, sentEarly, c.err
 		case ctx.Err() != nil:
 			s.resetLocked(errCodeCancel)
-			return nil, ctx.Err()
+			return nil, sentEarly, ctx.Err()
 		}
 		s.cond.Wait()
 	}
-	return s, nil
+	return s, sentEarly, nil
 }
 
 // close ends the connection; err nil means an orderly close.

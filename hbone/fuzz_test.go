@@ -277,7 +277,7 @@ func FuzzClientFrames(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 		defer cancel()
-		if s, err := c.openStream(ctx, []hpack.HeaderField{{Name: ":method", Value: "CONNECT"}, {Name: ":authority", Value: "10.0.0.1:80"}}); err == nil {
+		if s, _, err := c.openStream(ctx, []hpack.HeaderField{{Name: ":method", Value: "CONNECT"}, {Name: ":authority", Value: "10.0.0.1:80"}}, nil); err == nil {
 			s.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 			s.Read(make([]byte, 16))
 			s.Close()

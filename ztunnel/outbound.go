@@ -12,6 +12,7 @@ import (
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/nsnet"
 	"github.com/ambit-mesh/ambit/redirect"
+	"golang.org/x/sys/unix"
 )
 
 // outbound handles a connection the pod's app opened (captured on 15001):
@@ -62,17 +63,59 @@ func (p *podProxy) outbound(cc *captured) {
 			l.dstID = rt.expect
 		}
 	}
-	up, err := p.connect(ctx, src, rt)
+	var early []byte
+	var buf *[earlyBytes]byte
+	if rt.kind == routeHBONE {
+		buf, _ = p.z.early.Get().(*[earlyBytes]byte)
+		if buf == nil {
+			buf = new([earlyBytes]byte)
+		}
+		early = firstBytes(c, buf[:])
+	}
+	up, err := p.connect(ctx, src, rt, early)
+	if buf != nil {
+		p.z.early.Put(buf) // connect has written early when it returns
+	}
 	cc.turn.done()
 	if err != nil {
 		refuse(err)
 		return
 	}
+	rec.early = int64(len(early))
 	p.relay(c, up, rec)
 }
 
+// firstBytes reads, without waiting, what a client-first app already sent
+// (at most one DATA frame's worth), to go out with the CONNECT: the
+// request then crosses with it instead of a round trip behind it. A
+// server-first protocol has sent nothing yet, and loses nothing.
+func firstBytes(c *net.TCPConn, buf []byte) []byte {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	n := 0
+	_ = rc.Read(func(fd uintptr) bool {
+		for {
+			var rerr error
+			n, rerr = unix.Read(int(fd), buf)
+			if rerr != unix.EINTR {
+				return true // one attempt: never wait
+			}
+		}
+	})
+	if n <= 0 {
+		return nil // nothing yet, EOF or an error: the relay sees them
+	}
+	return buf[:n]
+}
+
+// earlyBytes bounds firstBytes: a typical first request, and below the
+// smallest DATA frame every peer takes (16 KiB).
+const earlyBytes = 4 << 10
+
 // connect opens the upstream side of an outbound connection.
-func (p *podProxy) connect(ctx context.Context, src netip.AddrPort, rt route) (net.Conn, error) {
+func (p *podProxy) connect(ctx context.Context, src netip.AddrPort, rt route, early []byte) (net.Conn, error) {
 	if rt.kind != routeHBONE {
 		return nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil)(ctx, "tcp", rt.addr.String())
 	}
@@ -87,5 +130,5 @@ func (p *podProxy) connect(ctx context.Context, src netip.AddrPort, rt route) (n
 	// One pool per pod, its sockets in the pod's netns: connections are
 	// shared per source identity, destination identity and address.
 	key := hbone.Key{Src: p.id, Dst: []identity.SPIFFE{rt.expect}, DstAddr: rt.addr}
-	return p.pool.Dial(ctx, key, rt.authority, hdr)
+	return p.pool.DialEarly(ctx, key, rt.authority, hdr, early)
 }

@@ -35,6 +35,9 @@ type connRecord struct {
 	route     route                // outbound: where it went
 	plaintext bool
 	start     time.Time
+	// early is what was read from the client and sent with the CONNECT
+	// (hbone.Pool.DialEarly), before the relay started.
+	early int64
 
 	labels       connLabels
 	closeMetrics func(sent, received int64) // set by open

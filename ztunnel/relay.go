@@ -16,6 +16,7 @@ func (p *podProxy) relay(client, upstream net.Conn, rec *connRecord) {
 	untrack := p.track(upstream)
 	rec.open(p.z.cfg.Metrics)
 	fromClient, toClient := pipe(client, upstream)
+	fromClient += rec.early
 	upstream.Close()
 	untrack()
 	rec.done(p.z.cfg.AccessLog, fromClient, toClient)

@@ -56,6 +56,8 @@ type Ztunnel struct {
 	cfg     Config
 	mu      sync.Mutex
 	proxies map[string]*podProxy // by pod uid
+	// early recycles the buffers firstBytes reads into.
+	early sync.Pool // of *[earlyBytes]byte
 }
 
 var _ zds.Handler = (*Ztunnel)(nil)

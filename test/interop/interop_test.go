@@ -238,6 +238,18 @@ func TestAmbitClientToIstioServer(t *testing.T) {
 	}
 	exchange(t, c)
 
+	// The first bytes sent with the CONNECT (what ztunnel does for a
+	// client-first app) reach the target through Istio's server too.
+	ce, err := pool.DialEarly(ctx, key, echo, nil, []byte("early line\n"))
+	if err != nil {
+		t.Fatalf("DialEarly through Istio's server: %v", err)
+	}
+	defer ce.Close()
+	ce.SetDeadline(time.Now().Add(10 * time.Second))
+	if got, err := bufio.NewReader(ce).ReadString('\n'); err != nil || got != "early line\n" {
+		t.Fatalf("early bytes through Istio's server: echo %q, %v", got, err)
+	}
+
 	// A wrong expected identity is refused against Istio's server too.
 	bad := key
 	bad.Dst = []identity.SPIFFE{{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "impostor"}}
