@@ -117,21 +117,7 @@ func streamEcho(_ context.Context, r *Request) {
 	defer c.Close()
 	bp := handlerBufs.Get().(*[]byte)
 	defer handlerBufs.Put(bp)
-	buf := *bp
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			if err == io.EOF {
-				c.CloseWrite()
-			}
-			return
-		}
-	}
+	perftest.Echo(c, *bp)
 }
 
 // streamDiscard accepts and reads the stream to its end.

@@ -37,23 +37,7 @@ func farDiscard(c net.Conn) {
 }
 
 // farEcho echoes c with a fixed buffer, then half-closes at EOF.
-func farEcho(c net.Conn) {
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			if err == io.EOF {
-				closeWrite(c)
-			}
-			return
-		}
-	}
-}
+func farEcho(c net.Conn) { perftest.Echo(c, make([]byte, 64<<10)) }
 
 // startPipe runs pipe(a, b) until the test ends (then closes both).
 func startPipe(tb testing.TB, a, b net.Conn) {

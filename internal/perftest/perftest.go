@@ -78,3 +78,27 @@ func RoundTrip(c net.Conn, req, resp []byte) error {
 	_, err := io.ReadFull(c, resp)
 	return err
 }
+
+// Echo writes back what c sends, reading into buf, and half-closes c at
+// its EOF (closes it if it cannot half-close); it returns at the first
+// error.
+func Echo(c net.Conn, buf []byte) {
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				if cw, ok := c.(interface{ CloseWrite() error }); ok {
+					_ = cw.CloseWrite()
+				} else {
+					c.Close()
+				}
+			}
+			return
+		}
+	}
+}
