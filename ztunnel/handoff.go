@@ -82,7 +82,7 @@ func (p *podProxy) awaitReplacement(ctx context.Context) bool {
 // more listening sockets than ours.
 func (p *podProxy) replacementBound() (bool, error) {
 	var counts map[uint16]int
-	err := nsnet.Do(p.path, func() error {
+	err := p.netns.Do(func() error {
 		var err error
 		counts, err = listeningPorts()
 		return err
@@ -147,8 +147,8 @@ func countListeners(b []byte, counts map[uint16]int) error {
 // enableRequestMigration sets net.ipv4.tcp_migrate_req in the pod's
 // namespace, so that connections queued on a listener that closes move to
 // another listener of its SO_REUSEPORT group rather than being reset.
-func enableRequestMigration(path string) error {
-	return nsnet.Do(path, func() error {
+func enableRequestMigration(ns *nsnet.Netns) error {
+	return ns.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/tcp_migrate_req", []byte("1"), 0o644)
 	})
 }

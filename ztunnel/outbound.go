@@ -117,7 +117,7 @@ const earlyBytes = 4 << 10
 // connect opens the upstream side of an outbound connection.
 func (p *podProxy) connect(ctx context.Context, src netip.AddrPort, rt route, early []byte) (net.Conn, error) {
 	if rt.kind != routeHBONE {
-		return nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil)(ctx, "tcp", rt.addr.String())
+		return p.netns.DialFunc(nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil)(ctx, "tcp", rt.addr.String())
 	}
 	host := ""
 	if rt.service != nil {

@@ -27,9 +27,8 @@ type podProxy struct {
 	uid      string
 	info     *zdsapi.WorkloadInfo
 	id       identity.SPIFFE
-	netns    *os.File
+	netns    *nsnet.Netns // the pod's network namespace, where its sockets live
 	dev, ino uint64
-	path     string // /proc/self/fd/N of netns
 	ctx      context.Context
 	cancel   context.CancelFunc
 	ls       []net.Listener
@@ -62,13 +61,17 @@ func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.Fi
 	if err := id.Validate(); err != nil {
 		return nil, fmt.Errorf("pod %s: %w", uid, err)
 	}
+	ns, err := nsnet.NewNetns(netns)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: %w", uid, err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &podProxy{z: z, uid: uid, info: info, id: id, netns: netns, dev: dev, ino: ino,
-		path: fmt.Sprintf("/proc/self/fd/%d", netns.Fd()), ctx: ctx, cancel: cancel,
+	p := &podProxy{z: z, uid: uid, info: info, id: id, netns: ns, dev: dev, ino: ino,
+		ctx: ctx, cancel: cancel,
 		open: map[net.Conn]struct{}{}, inbound: map[*inboundConn]struct{}{}, stopped: make(chan struct{})}
 	p.pool = &hbone.Pool{
 		Logger:  z.cfg.Logger,
-		DialTCP: nsnet.DialFunc(p.path, nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil),
+		DialTCP: ns.DialFunc(nsnet.SocketOptions{Mark: redirect.ZtunnelMark}, nil),
 		TLSConfig: func(ctx context.Context, k hbone.Key) (*tls.Config, error) {
 			if _, err := z.cfg.Certs.Get(ctx, k.Src); err != nil {
 				return nil, err
@@ -82,12 +85,12 @@ func (z *Ztunnel) startProxy(uid string, info *zdsapi.WorkloadInfo, netns *os.Fi
 		Logger:    z.cfg.Logger,
 		OnRefused: p.hboneRefused,
 	}
-	if err := enableRequestMigration(p.path); err != nil {
+	if err := enableRequestMigration(ns); err != nil {
 		z.cfg.Logger.Warn("tcp_migrate_req not set: a hand-off to a new ztunnel may reset queued connections", "pod", info.GetNamespace()+"/"+info.GetName(), "err", err)
 	}
 	opts := nsnet.SocketOptions{Mark: redirect.ZtunnelMark, ReusePort: true, Transparent: true}
 	for _, port := range []int{redirect.OutboundPort, redirect.InboundPort, redirect.HBONEPort} {
-		l, err := nsnet.Listen(ctx, p.path, fmt.Sprintf(":%d", port), opts)
+		l, err := ns.Listen(ctx, fmt.Sprintf(":%d", port), opts)
 		if err != nil {
 			p.stop(false)
 			return nil, fmt.Errorf("pod %s/%s: %w", info.GetNamespace(), info.GetName(), err)
@@ -281,5 +284,5 @@ func (p *podProxy) dialApp(ctx context.Context, srcIP netip.Addr, target netip.A
 		opts.Transparent = true
 		local = &net.TCPAddr{IP: srcIP.AsSlice()}
 	}
-	return nsnet.DialFunc(p.path, opts, local)(ctx, "tcp", target.String())
+	return p.netns.DialFunc(opts, local)(ctx, "tcp", target.String())
 }
