@@ -91,6 +91,26 @@ type Results struct {
 	Rounds   int        `json:"rounds"`
 	Duration string     `json:"duration_per_measurement"`
 	Runs     []*MeshRun `json:"runs"`
+	// CPUIdle is how the machine's idle vCPUs wait (cpuidle driver and,
+	// for haltpoll, its guest_halt_poll_ns): a vCPU that halts without
+	// polling first pays tens of µs to wake, on every hop of every path.
+	CPUIdle string `json:"cpuidle"`
+}
+
+// cpuIdle describes the machine's cpuidle driver and halt polling.
+func cpuIdle() string {
+	read := func(p string) string {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return "unknown"
+		}
+		return strings.TrimSpace(string(b))
+	}
+	s := "cpuidle driver " + read("/sys/devices/system/cpu/cpuidle/current_driver")
+	if poll := read("/sys/module/haltpoll/parameters/guest_halt_poll_ns"); poll != "unknown" {
+		s += ", guest_halt_poll_ns " + poll
+	}
+	return s
 }
 
 func run(ctx context.Context, o options) error {
@@ -122,7 +142,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	res := &Results{Started: time.Now().UTC(), Rounds: o.rounds, Duration: o.duration.String()}
+	res := &Results{Started: time.Now().UTC(), Rounds: o.rounds, Duration: o.duration.String(), CPUIdle: cpuIdle()}
 	for i, w := range o.workers {
 		r, err := runMesh(ctx, o, t, cfg, c, w, i == 0)
 		if err != nil {

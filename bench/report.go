@@ -74,8 +74,9 @@ func render(res *Results) string {
 		"Max: fortio, 16 connections, no rate limit. New connection: fortio without keep-alive at 500 req/s. Throughput: iperf3 with 1 and 8 parallel streams. "+
 		"CPU: each ztunnel's utime+stime from /proc over the fortio run divided by the requests served (CPU seconds per 1000 requests = vCPU per 1000 req/s), 16 connections for the scaling table. "+
 		"Memory: each ztunnel's VmRSS right after the mesh is up and one request has crossed every path, then with %s idle connections held open through both ztunnels (one byte exchanged on each first); bytes per connection = RSS delta / N. "+
+		"Idle vCPUs: %s (0: a halted vCPU wakes through the hypervisor, which every wake-up of a proxy pays). "+
 		"Whole run: %.0f s. Raw per-round numbers: the .json file beside this one.\n\n",
-		strings.Join(workers, " and "), res.Rounds, res.Duration, res.Duration, heldCounts(res), res.Elapsed)
+		strings.Join(workers, " and "), res.Rounds, res.Duration, res.Duration, heldCounts(res), res.CPUIdle, res.Elapsed)
 
 	b.WriteString("## Paths\n\n")
 	b.WriteString("| path | 1-byte RTT p50 / p99 µs (x direct) | p50 ms (+ vs direct) | p90 ms (+) | p99 ms (+) | max req/s (x direct) | new conn p50 ms (+) | iperf3 1 stream Gbit/s (x) | iperf3 8 streams Gbit/s (x) |\n")
