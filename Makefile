@@ -18,7 +18,7 @@ deps:
 ## build: the ambit binaries plus the reference CNI plugins (built from their Go module, never downloaded)
 build:
 	@mkdir -p $(BIN)
-	go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/ambit ./cmd/ambit-cni ./cmd/ambit-ztunnel
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/ambit ./cmd/ambit-cni ./cmd/ambit-ztunnel
 	go build -trimpath -ldflags '-s -w' -o $(BIN)/ $(CNI_PLUGINS)
 
 demo: deps build

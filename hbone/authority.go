@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"k8s.io/apimachinery/pkg/util/validation"
+	"github.com/ambit-mesh/ambit/internal/dnsname"
 )
 
 // Port is the HBONE port.
@@ -73,7 +73,7 @@ func ParseAuthority(s string) (Authority, error) {
 		}
 		return Authority{Addr: netip.AddrPortFrom(ip, port), Port: port}, nil
 	}
-	if msgs := validation.IsDNS1123Subdomain(host); len(msgs) > 0 {
+	if dnsname.Subdomain(host) != nil {
 		return Authority{}, fmt.Errorf("authority %q: host is neither an IP address nor a valid hostname", s)
 	}
 	if looksNumeric(host) {

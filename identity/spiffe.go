@@ -12,8 +12,8 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/ambit-mesh/ambit/internal/dnsname"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // DefaultTrustDomain is the trust domain when none is configured.
@@ -51,11 +51,11 @@ func (id SPIFFE) Validate() error {
 	if err := ValidateTrustDomain(id.TrustDomain); err != nil {
 		return err
 	}
-	if msgs := validation.IsDNS1123Label(id.Namespace); len(msgs) > 0 {
-		return fmt.Errorf("invalid namespace %q in SPIFFE id: %s", id.Namespace, strings.Join(msgs, "; "))
+	if err := dnsname.Label(id.Namespace); err != nil {
+		return fmt.Errorf("invalid namespace %q in SPIFFE id: %w", id.Namespace, err)
 	}
-	if msgs := validation.IsDNS1123Subdomain(id.ServiceAccount); len(msgs) > 0 {
-		return fmt.Errorf("invalid service account %q in SPIFFE id: %s", id.ServiceAccount, strings.Join(msgs, "; "))
+	if err := dnsname.Subdomain(id.ServiceAccount); err != nil {
+		return fmt.Errorf("invalid service account %q in SPIFFE id: %w", id.ServiceAccount, err)
 	}
 	return nil
 }
