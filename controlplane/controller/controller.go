@@ -259,6 +259,7 @@ func (c *Controller) build() {
 	st := c.store
 	in := model.Inputs{Namespaces: st.Namespaces(), Pods: st.Pods(), Services: st.Services(),
 		Policies: st.AuthorizationPolicies(), PeerAuthentications: st.PeerAuthentications(),
+		Gateways: st.Gateways(),
 		Cluster: c.opts.Cluster, Domain: c.opts.Domain, RootNamespace: c.opts.RootNamespace}
 	authzs, warnings := model.BuildAuthorizations(in)
 	var failed uint64

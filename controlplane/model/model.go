@@ -1,7 +1,8 @@
 // Package model computes the ambient view the control plane serves to
 // ztunnels: a Workload for every pod (uid, addresses, identity, node,
-// tunnel protocol, services) and a Service for every Kubernetes Service
-// (VIP, ports), as upstream Istio's WDS resources.
+// tunnel protocol, services, waypoint) and a Service for every Kubernetes
+// Service (VIP, ports, waypoint), as upstream Istio's WDS resources, and
+// the waypoints Gateways declare and which objects use them (waypoint.go).
 package model
 
 import (
@@ -13,6 +14,7 @@ import (
 	"istio.io/istio/pkg/workloadapi/security"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/controlplane/authzpolicy"
 )
@@ -41,6 +43,9 @@ type Inputs struct {
 	Policies            []*securityclient.AuthorizationPolicy
 	PeerAuthentications []*securityclient.PeerAuthentication
 	RootNamespace       string
+	// Gateways declare waypoints (class istio-waypoint); others are not
+	// the model's.
+	Gateways []*gatewayv1.Gateway
 }
 
 // WorkloadName is the WDS resource name of a pod (upstream's form).
@@ -88,6 +93,11 @@ func Build(in Inputs) map[string]*workloadapi.Address {
 	}
 	out := map[string]*workloadapi.Address{}
 	_, strict := peerAuthentication(in)
+	wps := Waypoints(in)
+	nss := make(map[string]*corev1.Namespace, len(in.Namespaces))
+	for _, ns := range in.Namespaces {
+		nss[ns.Name] = ns
+	}
 	type svcInfo struct {
 		svc   *corev1.Service
 		name  string
@@ -110,6 +120,9 @@ func Build(in Inputs) map[string]*workloadapi.Address {
 				continue
 			}
 			ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(p.TargetPort.IntValue())})
+		}
+		if b := ServiceBinding(s, nss[s.Namespace], wps); b.Waypoint != nil {
+			ws.Waypoint = b.Waypoint.Address()
 		}
 		out[name] = &workloadapi.Address{Type: &workloadapi.Address_Service{Service: ws}}
 		if len(s.Spec.Selector) > 0 {
@@ -139,8 +152,11 @@ func Build(in Inputs) map[string]*workloadapi.Address {
 		if pod.Status.Phase != corev1.PodRunning {
 			w.Status = workloadapi.WorkloadStatus_UNHEALTHY
 		}
-		if pod.Annotations[AnnotationRedirection] == "enabled" {
+		if pod.Annotations[AnnotationRedirection] == "enabled" || pod.Labels[LabelTunnel] == TunnelHTTP {
 			w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
+		}
+		if b := PodBinding(pod, nss[pod.Namespace], wps); b.Waypoint != nil {
+			w.Waypoint = b.Waypoint.Address()
 		}
 		if pod.Spec.HostNetwork {
 			w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
