@@ -48,7 +48,7 @@ func (p *podProxy) outbound(cc *captured) {
 	ctx, cancel := context.WithTimeout(p.ctx, hbone.DialTimeout)
 	defer cancel()
 	cc.turn.wait(ctx)
-	rt, err := p.z.resolve(orig)
+	rt, err := p.z.resolve(rec.labels.src, orig)
 	if err != nil {
 		cc.turn.done()
 		refuse(err)

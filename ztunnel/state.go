@@ -319,6 +319,31 @@ func (x *Index) pickEndpoint(svc *workloadapi.Service, servicePort uint16) (endp
 	return cands[rand.IntN(len(cands))], nil
 }
 
+// pickAnyEndpoint chooses a healthy endpoint of svc with an address, at
+// random, whatever its ports (a waypoint's: its HBONE port is fixed).
+func (x *Index) pickAnyEndpoint(svc *workloadapi.Service) (*workloadapi.Workload, error) {
+	key := ServiceKey(svc)
+	x.mu.RLock()
+	var cands []*workloadapi.Workload
+	for _, w := range x.endpoints[key] {
+		if _, ok := w.GetServices()[key]; ok && w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY && len(w.GetAddresses()) > 0 {
+			cands = append(cands, w)
+		}
+	}
+	x.mu.RUnlock()
+	if len(cands) == 0 {
+		return nil, fmt.Errorf("no healthy endpoint of %s", key)
+	}
+	return cands[rand.IntN(len(cands))], nil
+}
+
+// Service returns the service by namespace/hostname, or nil.
+func (x *Index) Service(key string) *workloadapi.Service {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.services[key]
+}
+
 // Identity returns a workload's SPIFFE id (WDS elides cluster.local and
 // default).
 func Identity(w *workloadapi.Workload) identity.SPIFFE {
