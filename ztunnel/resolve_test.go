@@ -115,7 +115,9 @@ func TestResolveWaypoint(t *testing.T) {
 		a.GetWorkload().Status = workloadapi.WorkloadStatus_UNHEALTHY
 		return a
 	}
-	wpPod := func() *workloadapi.Address { return workload("waypoint-0", "10.0.0.50", "waypoint", true, wpKey, 15008) }
+	wpPod := func() *workloadapi.Address {
+		return workload("waypoint-0", "10.0.0.50", "waypoint", true, wpKey, 15008)
+	}
 	for _, tc := range []struct {
 		name                    string
 		addresses               []*workloadapi.Address
