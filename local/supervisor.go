@@ -18,8 +18,10 @@ import (
 
 	"github.com/ambit-mesh/ambit/controlplane/config"
 	"github.com/ambit-mesh/ambit/controlplane/filesource"
+	"github.com/ambit-mesh/ambit/controlplane/model"
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 // Supervisor owns a running local mesh: its namespaces, pod processes and
@@ -135,6 +137,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	for _, pod := range snap.Pods() {
 		s.ensurePod(ctx, pod)
 	}
+	for _, o := range snap.Objects() {
+		if gw, ok := o.(*gatewayv1.Gateway); ok && model.IsWaypoint(gw) {
+			s.ensureWaypoint(ctx, gw)
+		}
+	}
 	s.update(func() { s.state.Ready = true })
 	s.Logger.Info("local mesh up", "nodes", len(s.state.Nodes), "pods", len(s.pods), "services", len(s.services))
 
@@ -226,6 +233,12 @@ func (s *Supervisor) handle(ctx context.Context, ev config.Event) {
 			return
 		}
 		s.ensureService(obj)
+	case *gatewayv1.Gateway:
+		if ev.Type == config.Deleted {
+			s.removeWaypoint(ev.Key.Namespace, ev.Key.Name)
+			return
+		}
+		s.ensureWaypoint(ctx, obj)
 	}
 }
 

@@ -102,6 +102,23 @@ func createNode(node NodeStatus, all []NodeStatus) error {
 	if err != nil {
 		return fmt.Errorf("node %s underlay link: %w", node.Name, err)
 	}
+	// The control plane answers pods (waypoints fetch their config and
+	// certificate from it, as pods reach istiod on a cluster): the node's
+	// pod CIDR routes through the node.
+	err = inNetns(netnsPath(underlayNetns), func(h *netlink.Handle) error {
+		br, err := h.LinkByName(underlayBridge)
+		if err != nil {
+			return err
+		}
+		_, dst, err := net.ParseCIDR(node.PodCIDR)
+		if err != nil {
+			return err
+		}
+		return h.RouteAdd(&netlink.Route{LinkIndex: br.Attrs().Index, Dst: dst, Gw: net.ParseIP(node.UnderlayIP)})
+	})
+	if err != nil {
+		return fmt.Errorf("node %s: route to its pods from the underlay: %w", node.Name, err)
+	}
 	err = inNetns(node.Netns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(peer)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -117,7 +118,9 @@ func ParseEchoText(body string) (*EchoReply, error) {
 // deprecates it and net/http does not implement it.)
 //
 // HTTP paths: any path echoes; /status/<code> answers with that status
-// (200-599); /delay/<duration> waits up to 1m first; /size/<bytes> answers
+// (200-599); /flaky/<n> answers 503 to every n-th request to a /flaky/
+// path (counted per server) and echoes the others; /delay/<duration> waits
+// up to 1m first; /size/<bytes> answers
 // with that many bytes (up to 1 GiB) instead of the echo. ?format=json or
 // "Accept: application/json" selects JSON. Every answer carries the
 // X-Ambit-Pod and X-Ambit-Source headers.
@@ -128,6 +131,8 @@ func ParseEchoText(body string) (*EchoReply, error) {
 type EchoServer struct {
 	Name   string       // the pod name reported in replies
 	Logger *slog.Logger // nil: no logs
+
+	flaky atomic.Uint64 // requests to /flaky/<n> so far
 }
 
 func (s *EchoServer) log() *slog.Logger {
@@ -169,6 +174,14 @@ func (s *EchoServer) serveHTTP(w http.ResponseWriter, r *http.Request) (int, int
 			return httpError(w, http.StatusBadRequest, "bad status code (want /status/200 to /status/599)")
 		}
 		code = c
+	case strings.HasPrefix(path, "/flaky/"):
+		every, err := strconv.ParseUint(strings.TrimPrefix(path, "/flaky/"), 10, 32)
+		if err != nil || every == 0 {
+			return httpError(w, http.StatusBadRequest, "bad period (want /flaky/<n>, n >= 1: every n-th request fails)")
+		}
+		if s.flaky.Add(1)%every == 0 {
+			code = http.StatusServiceUnavailable
+		}
 	case strings.HasPrefix(path, "/delay/"):
 		d, err := time.ParseDuration(strings.TrimPrefix(path, "/delay/"))
 		if err != nil || d < 0 || d > maxDelay {

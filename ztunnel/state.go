@@ -319,6 +319,14 @@ func (x *Index) pickEndpoint(svc *workloadapi.Service, servicePort uint16) (endp
 	return cands[rand.IntN(len(cands))], nil
 }
 
+// PickEndpoint chooses a healthy endpoint of svc serving servicePort, at
+// random, and returns it with its target port (for a waypoint's per
+// request balancing).
+func (x *Index) PickEndpoint(svc *workloadapi.Service, servicePort uint16) (*workloadapi.Workload, uint16, error) {
+	ep, err := x.pickEndpoint(svc, servicePort)
+	return ep.w, ep.port, err
+}
+
 // pickAnyEndpoint chooses a healthy endpoint of svc with an address, at
 // random, whatever its ports (a waypoint's: its HBONE port is fixed).
 func (x *Index) pickAnyEndpoint(svc *workloadapi.Service) (*workloadapi.Workload, error) {

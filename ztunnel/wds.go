@@ -30,6 +30,12 @@ type WDSClient struct {
 	Index  *Index
 	NodeID string
 	Logger *slog.Logger
+	// Extra subscribes to more resource types on the same stream (a
+	// waypoint's routes and policies), by type URL. Each handler gets a
+	// response's resources and removed names; full is true for a stream's
+	// first response of that type, which holds the whole set. A handler's
+	// error NACKs the response.
+	Extra map[string]func(resources []*discovery.Resource, removed []string, full bool) error
 
 	synced atomic.Bool
 }
@@ -72,12 +78,17 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 		return false, fmt.Errorf("opening delta ADS: %w", err)
 	}
 	node := &corev3.Node{Id: c.NodeID}
-	for _, typ := range []string{addressType, authorizationType} {
+	types := []string{addressType, authorizationType}
+	for typ := range c.Extra {
+		types = append(types, typ)
+	}
+	for _, typ := range types {
 		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: typ, ResourceNamesSubscribe: []string{"*"}}); err != nil {
 			return false, fmt.Errorf("subscribing to %s: %w", typ, err)
 		}
 	}
 	first, firstPolicies := true, true
+	firstExtra := map[string]bool{}
 	for {
 		resp, err := st.Recv()
 		if err != nil {
@@ -136,6 +147,15 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 				}
 				c.Index.UpdatePolicies(ps, removed, full)
 				c.Logger.Info("authorization update", "upserts", len(ps), "removed", len(removed))
+			}
+		}
+		if h, ok := c.Extra[resp.GetTypeUrl()]; ok {
+			full := !firstExtra[resp.GetTypeUrl()]
+			if err := h(resp.GetResources(), resp.GetRemovedResources(), full); err != nil {
+				ack.ErrorDetail = statusOf(err)
+				c.Logger.Error("xDS update rejected", "type", resp.GetTypeUrl(), "err", err)
+			} else {
+				firstExtra[resp.GetTypeUrl()] = true // until the full set applied, every response is taken as full
 			}
 		}
 		if err := st.Send(ack); err != nil {

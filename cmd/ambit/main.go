@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ambit-mesh/ambit/cmd/internal/waypointcmd"
 	"github.com/ambit-mesh/ambit/cmd/internal/ztunnelcmd"
 )
 
@@ -39,6 +40,7 @@ func newRootCmd() *cobra.Command {
 		newControlPlaneCmd(),  // controlplane.go: control plane (CA, later xDS)
 		newHBONEBenchCmd(),    // hbonebench.go: HBONE micro-benchmark
 		ztunnelcmd.New(),      // the node proxy (also the ambit-ztunnel binary)
+		waypointcmd.New(),     // the L7 proxy of a waypoint Gateway
 		newZtunnelConfigCmd(), // inspect.go: what a ztunnel knows
 		newAuthzCmd(),         // inspect.go: explain authorization decisions
 	)

@@ -18,8 +18,13 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
+
 	"github.com/ambit-mesh/ambit/controlplane/config"
+	"github.com/ambit-mesh/ambit/controlplane/l7authz"
 	"github.com/ambit-mesh/ambit/controlplane/model"
+	"github.com/ambit-mesh/ambit/controlplane/routes"
 	"github.com/ambit-mesh/ambit/controlplane/xds"
 )
 
@@ -260,18 +265,33 @@ func (c *Controller) build() {
 	in := model.Inputs{Namespaces: st.Namespaces(), Pods: st.Pods(), Services: st.Services(),
 		Policies: st.AuthorizationPolicies(), PeerAuthentications: st.PeerAuthentications(),
 		Gateways: st.Gateways(),
-		Cluster: c.opts.Cluster, Domain: c.opts.Domain, RootNamespace: c.opts.RootNamespace}
+		Cluster:  c.opts.Cluster, Domain: c.opts.Domain, RootNamespace: c.opts.RootNamespace}
 	authzs, warnings := model.BuildAuthorizations(in)
 	var failed uint64
 	if err := c.opts.Publisher.Publish(xds.AuthorizationType, xds.Typed(authzs)); err != nil {
 		c.logger.Error("publishing policies", "err", err)
 		failed++
 	}
+	// The waypoints' routes and L7 policies, before the workloads and
+	// services that send traffic to them.
+	l7 := l7authz.Build(in.Policies, c.opts.RootNamespace)
+	if err := c.opts.Publisher.Publish(xds.RBACType, xds.Typed(l7.RBAC)); err != nil {
+		c.logger.Error("publishing waypoint policies", "err", err)
+		failed++
+	}
+	texts := make([]string, 0, len(warnings)+len(l7.Warnings))
+	for _, w := range l7.Warnings {
+		texts = append(texts, w.String())
+	}
+	rt := routes.Build(routeInputs(in, st))
+	if err := c.opts.Publisher.Publish(xds.RouteType, xds.Typed(rt.Routes)); err != nil {
+		c.logger.Error("publishing waypoint routes", "err", err)
+		failed++
+	}
 	if err := c.opts.Publisher.Publish(xds.AddressType, xds.Typed(model.Build(in))); err != nil {
 		c.logger.Error("publishing workloads and services", "err", err)
 		failed++
 	}
-	texts := make([]string, 0, len(warnings))
 	for _, w := range warnings {
 		texts = append(texts, w.String())
 	}
@@ -298,4 +318,30 @@ func (c *Controller) build() {
 	if changed && c.opts.OnWarnings != nil {
 		c.opts.OnWarnings(slices.Clone(texts))
 	}
+}
+
+// routeInputs gathers what route translation reads: every service, the
+// ones bound to a waypoint, and the routes.
+func routeInputs(in model.Inputs, st *Store) routes.Inputs {
+	domain := in.Domain
+	if domain == "" {
+		domain = model.DefaultDomain
+	}
+	wps := model.Waypoints(in)
+	nss := map[string]*corev1.Namespace{}
+	for _, ns := range in.Namespaces {
+		nss[ns.Name] = ns
+	}
+	out := routes.Inputs{HTTPRoutes: st.HTTPRoutes(), GRPCRoutes: st.GRPCRoutes()}
+	for _, svc := range in.Services {
+		rs := routes.Service{Namespace: svc.Namespace, Name: svc.Name, Hostname: model.ServiceHostname(svc, domain)}
+		for _, p := range svc.Spec.Ports {
+			rs.Ports = append(rs.Ports, routes.Port{Port: uint32(p.Port), Name: p.Name, AppProtocol: ptr.Deref(p.AppProtocol, "")})
+		}
+		out.Services = append(out.Services, rs)
+		if model.ServiceBinding(svc, nss[svc.Namespace], wps).Waypoint != nil {
+			out.Bound = append(out.Bound, routes.ServiceRef{Namespace: svc.Namespace, Name: svc.Name})
+		}
+	}
+	return out
 }

@@ -33,8 +33,16 @@ const (
 	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
 )
 
-// AmbientTypes are the type URLs a ztunnel watches.
-func AmbientTypes() []string { return []string{AddressType, AuthorizationType} }
+// Type URLs of a waypoint's L7 resources: Envoy's own schemas, one
+// RouteConfiguration per service port a waypoint serves and one RBAC per
+// policy target and action.
+const (
+	RouteType = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	RBACType  = "type.googleapis.com/envoy.config.rbac.v3.RBAC"
+)
+
+// AmbientTypes are the type URLs ztunnels and waypoints watch.
+func AmbientTypes() []string { return []string{AddressType, AuthorizationType, RouteType, RBACType} }
 
 // Server is the delta ADS server.
 type Server struct {

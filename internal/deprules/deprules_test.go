@@ -64,7 +64,7 @@ func TestProxiesDoNotLinkTheControlPlane(t *testing.T) {
 	// The proxies, and what they share with the control plane's CLI. No
 	// Kubernetes library at all: the node's binary stays small (every
 	// package linked is resident memory on every node).
-	for _, pkg := range []string{"cmd/ambit-ztunnel", "ztunnel", "authz", "hbone", "identity", "identity/caclient", "redirect", "zds", "nsnet"} {
+	for _, pkg := range []string{"cmd/ambit-ztunnel", "ztunnel", "waypoint", "waypoint/router", "waypoint/rbac", "cmd/internal/waypointcmd", "authz", "hbone", "identity", "identity/caclient", "redirect", "zds", "nsnet"} {
 		t.Run(pkg, func(t *testing.T) {
 			for _, d := range deps(t, module+"/"+pkg) {
 				if hasPrefix(d, forbidden) {

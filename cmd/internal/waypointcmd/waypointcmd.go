@@ -1,0 +1,148 @@
+// Package waypointcmd is `ambit waypoint`: the L7 proxy of one waypoint
+// Gateway, fed by the control plane over xDS and identified by a
+// certificate from its CA.
+package waypointcmd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	securityapi "istio.io/api/security/v1alpha1"
+
+	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/identity/caclient"
+	"github.com/ambit-mesh/ambit/waypoint"
+	"github.com/ambit-mesh/ambit/ztunnel"
+)
+
+// New returns the command.
+func New() *cobra.Command {
+	var (
+		ns, name, sa, node, cpAddr, credDir, listen, metricsAddr, readyAddr, trustDomain, domain, logFormat string
+	)
+	cmd := &cobra.Command{
+		Use:   "waypoint",
+		Short: "Run a waypoint: the L7 proxy (routes, L7 authorization, request telemetry) for the services and workloads bound to one waypoint Gateway",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+			if logFormat == "json" {
+				h = slog.NewJSONHandler(os.Stderr, nil)
+			}
+			log := slog.New(h).With("waypoint", ns+"/"+name)
+			if ns == "" || name == "" || node == "" || cpAddr == "" || credDir == "" {
+				return errors.New("--namespace, --name, --node, --control-plane and --credential-dir are required")
+			}
+			if sa == "" {
+				sa = name
+			}
+			id := identity.SPIFFE{TrustDomain: trustDomain, Namespace: ns, ServiceAccount: sa}
+			if err := id.Validate(); err != nil {
+				return err
+			}
+			cred, err := tls.LoadX509KeyPair(filepath.Join(credDir, "cert-chain.pem"), filepath.Join(credDir, "key.pem"))
+			if err != nil {
+				return fmt.Errorf("credential: %w", err)
+			}
+			rootPEM, err := os.ReadFile(filepath.Join(credDir, "root-cert.pem"))
+			if err != nil {
+				return fmt.Errorf("control plane root: %w", err)
+			}
+			roots, err := identity.ParseBundle(rootPEM)
+			if err != nil {
+				return fmt.Errorf("control plane root: %w", err)
+			}
+			tlsConf := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return &cred, nil },
+				func() *identity.Bundle { return roots }, []identity.SPIFFE{identity.ControlPlane(trustDomain)}, nil)
+			conn, err := grpc.NewClient(cpAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+			if err != nil {
+				return fmt.Errorf("control plane %s: %w", cpAddr, err)
+			}
+			defer conn.Close()
+			certs := caclient.NewManager(&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(conn), Impersonate: true}, nil, log)
+			defer certs.Close()
+			index := ztunnel.NewIndex()
+			l7 := waypoint.NewL7Config(log)
+			metrics := waypoint.NewMetrics()
+			wp := waypoint.New(waypoint.Config{Namespace: ns, Name: name, Hostname: name + "." + ns + ".svc." + domain,
+				Identity: id, TrustDomain: trustDomain, Certs: certs, Index: index, L7: l7,
+				Logger: log, AccessLog: log.With("scope", "access"), Metrics: metrics})
+			xds := &ztunnel.WDSClient{Conn: conn, Index: index, NodeID: "waypoint~" + ns + "~" + name + "~" + node, Logger: log, Extra: l7.Handlers()}
+			ctx := cmd.Context()
+			runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			defer cancel()
+			go func() { _ = xds.Run(runCtx) }()
+			go func() { _, _ = certs.Get(runCtx, id) }()
+
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", metrics.Handler())
+			mux.Handle("/stats/prometheus", metrics.Handler())
+			mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+				select {
+				case <-l7.Ready():
+				default:
+					http.Error(w, "no routes and policies yet", http.StatusServiceUnavailable)
+					return
+				}
+				if !xds.Synced() {
+					http.Error(w, "no workloads yet", http.StatusServiceUnavailable)
+					return
+				}
+				_, _ = w.Write([]byte("ready\n"))
+			})
+			var servers []*http.Server
+			for _, addr := range []string{metricsAddr, readyAddr} {
+				l, err := net.Listen("tcp", addr)
+				if err != nil {
+					return fmt.Errorf("listen %s: %w", addr, err)
+				}
+				s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+				servers = append(servers, s)
+				go func() { _ = s.Serve(l) }()
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("listen %s: %w", listen, err)
+			}
+			errc := make(chan error, 1)
+			go func() { errc <- wp.Serve(l) }()
+			log.Info("waypoint running", "identity", id.String(), "listen", listen, "controlPlane", cpAddr)
+			select {
+			case <-ctx.Done():
+			case err := <-errc:
+				return err
+			}
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer scancel()
+			for _, s := range servers {
+				_ = s.Close()
+			}
+			return wp.Shutdown(sctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&ns, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the waypoint Gateway")
+	f.StringVar(&name, "name", "", "name of the waypoint Gateway")
+	f.StringVar(&sa, "service-account", "", "service account the waypoint runs as (default: the Gateway's name)")
+	f.StringVar(&node, "node", os.Getenv("NODE_NAME"), "node the waypoint runs on")
+	f.StringVar(&cpAddr, "control-plane", "", "control plane address (CA and xDS), host:port")
+	f.StringVar(&credDir, "credential-dir", "", "directory with the credential for the control plane: cert-chain.pem, key.pem, root-cert.pem")
+	f.StringVar(&listen, "listen", ":15008", "HBONE listen address")
+	f.StringVar(&metricsAddr, "metrics", ":15020", "Prometheus metrics address")
+	f.StringVar(&readyAddr, "readiness", ":15021", "readiness address (/healthz/ready)")
+	f.StringVar(&trustDomain, "trust-domain", identity.DefaultTrustDomain, "trust domain")
+	f.StringVar(&domain, "domain", "cluster.local", "cluster DNS domain")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
