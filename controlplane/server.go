@@ -37,6 +37,8 @@ type Options struct {
 	Sources []config.Source
 	// OnWarnings is called when the policy warnings change.
 	OnWarnings func([]string)
+	// OnStatus is called when waypoint or route status changes.
+	OnStatus func(controller.Status)
 	// ConfigErrors, if set, reports how many config files are rejected
 	// (for the metrics endpoint).
 	ConfigErrors func() int
@@ -68,7 +70,7 @@ func New(ctx context.Context, o Options) (*ControlPlane, error) {
 	}
 	cp := &ControlPlane{logger: o.Logger}
 	cp.XDS = xds.New(ctx, o.Logger.With("component", "xds"), xds.AmbientTypes()...)
-	cp.Controller = controller.New(controller.Options{Publisher: cp.XDS, Sources: o.Sources, OnWarnings: o.OnWarnings,
+	cp.Controller = controller.New(controller.Options{Publisher: cp.XDS, Sources: o.Sources, OnWarnings: o.OnWarnings, OnStatus: o.OnStatus,
 		Logger: o.Logger.With("component", "controller")})
 	store := cp.Controller.Store()
 	caSrv, err := ca.NewServer(o.Authority, ca.Options{TrustDomain: o.TrustDomain, DefaultTTL: o.DefaultTTL, MaxTTL: o.MaxTTL,

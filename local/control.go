@@ -23,7 +23,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ambit-mesh/ambit/controlplane/controller"
 	"github.com/ambit-mesh/ambit/controlplane/filesource"
+	"github.com/ambit-mesh/ambit/controlplane/model"
 	"github.com/ambit-mesh/ambit/nsnet"
 	"golang.org/x/sys/unix"
 )
@@ -393,15 +395,18 @@ func removeNamespaces(logger *slog.Logger) error {
 // text view shows, with the values scripts need beside the words the text
 // uses. The pods' environments stay out (`ambit local exec` applies them).
 type statusJSON struct {
-	Ready          bool            `json:"ready"`
-	Error          string          `json:"error,omitempty"`
-	Supervisor     int             `json:"supervisorPID"`
-	ConfigDir      string          `json:"configDir"`
-	Nodes          []NodeStatus    `json:"nodes"`
-	Pods           []podJSON       `json:"pods"`
-	Services       []ServiceStatus `json:"services"`
-	PolicyWarnings []string        `json:"policyWarnings"`
-	ConfigErrors   []ConfigError   `json:"configErrors"`
+	Ready           bool                     `json:"ready"`
+	Error           string                   `json:"error,omitempty"`
+	Supervisor      int                      `json:"supervisorPID"`
+	ConfigDir       string                   `json:"configDir"`
+	Nodes           []NodeStatus             `json:"nodes"`
+	Pods            []podJSON                `json:"pods"`
+	Services        []ServiceStatus          `json:"services"`
+	PolicyWarnings  []string                 `json:"policyWarnings"`
+	ConfigErrors    []ConfigError            `json:"configErrors"`
+	Waypoints       []model.WaypointStatus   `json:"waypoints"`
+	BindingProblems []model.BindingProblem   `json:"bindingProblems"`
+	Routes          []controller.RouteStatus `json:"routes"`
 }
 
 // podJSON is one pod in statusJSON.
@@ -430,6 +435,16 @@ func newStatusJSON(st *State) statusJSON {
 		Ready: st.Ready, Error: st.Error, Supervisor: st.Supervisor, ConfigDir: st.ConfigDir,
 		Nodes: st.Nodes, Pods: []podJSON{}, Services: st.Services,
 		PolicyWarnings: st.PolicyWarnings, ConfigErrors: st.ConfigErrors,
+		Waypoints: st.Waypoints, BindingProblems: st.BindingProblems, Routes: st.Routes,
+	}
+	if v.Waypoints == nil {
+		v.Waypoints = []model.WaypointStatus{}
+	}
+	if v.BindingProblems == nil {
+		v.BindingProblems = []model.BindingProblem{}
+	}
+	if v.Routes == nil {
+		v.Routes = []controller.RouteStatus{}
 	}
 	if v.Nodes == nil {
 		v.Nodes = []NodeStatus{}
@@ -509,8 +524,36 @@ func PrintStatus(out io.Writer, st *State, asJSON bool) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Namespace, s.Name, s.ClusterIP, strings.Join(ports, ","))
 	}
+	if len(st.Waypoints) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "NAMESPACE\tWAYPOINT\tFOR\tADDRESSES\tACCEPTED\tPROGRAMMED\tSERVICES\tWORKLOADS\tREASON")
+		for _, w := range st.Waypoints {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%s\t%s\t%s\n", w.Namespace, w.Name, w.For, dash(strings.Join(w.Addresses, ",")),
+				w.Accepted, w.Programmed, dash(strings.Join(w.Services, ",")), dash(strings.Join(w.Workloads, ",")), dash(w.Reason))
+		}
+	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(st.BindingProblems) > 0 {
+		fmt.Fprintln(out, "\nWAYPOINT LABELS NOT IN EFFECT (traffic goes without a waypoint)")
+		for _, b := range st.BindingProblems {
+			fmt.Fprintf(out, "  %s (label from %s): %s\n", b.Object, b.From, b.Problem)
+		}
+	}
+	var bad []string
+	for _, r := range st.Routes {
+		for _, c := range r.Conditions {
+			if c.Status != "True" {
+				bad = append(bad, fmt.Sprintf("  %s %s/%s parentRefs[%d]: %s %s (%s): %s", r.Kind, r.Namespace, r.Name, r.Parent, c.Type, c.Status, c.Reason, c.Message))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		fmt.Fprintln(out, "\nROUTE CONDITIONS")
+		for _, l := range bad {
+			fmt.Fprintln(out, l)
+		}
 	}
 	if len(st.PolicyWarnings) > 0 {
 		fmt.Fprintln(out, "\nPOLICY WARNINGS")

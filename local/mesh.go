@@ -21,6 +21,7 @@ import (
 	"github.com/ambit-mesh/ambit/controlplane"
 	"github.com/ambit-mesh/ambit/controlplane/ca"
 	"github.com/ambit-mesh/ambit/controlplane/config"
+	"github.com/ambit-mesh/ambit/controlplane/controller"
 	"github.com/ambit-mesh/ambit/controlplane/model"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/nodeagent"
@@ -76,7 +77,7 @@ func (s *Supervisor) startMesh(ctx context.Context, nodes []NodeStatus) (*meshPa
 	// feeds its controller (config events, and pod status as a kubelet
 	// reports it) instead of a source of its own.
 	m.cp, err = controlplane.New(ctx, controlplane.Options{Authority: auth, TrustDomain: td, ServingCertTTL: 24 * time.Hour,
-		OnWarnings: s.setPolicyWarnings, Logger: s.Logger})
+		OnWarnings: s.setPolicyWarnings, OnStatus: s.setL7Status, Logger: s.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -367,6 +368,17 @@ func (s *Supervisor) setPolicyWarnings(texts []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.state.PolicyWarnings = texts
+	if err := writeState(s.StateDir, &s.state); err != nil {
+		s.Logger.Error("writing state", "err", err)
+	}
+}
+
+// setL7Status records waypoint, binding and route status for `ambit local
+// status`.
+func (s *Supervisor) setL7Status(st controller.Status) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.state.Waypoints, s.state.BindingProblems, s.state.Routes = st.Waypoints, st.BindingProblems, st.Routes
 	if err := writeState(s.StateDir, &s.state); err != nil {
 		s.Logger.Error("writing state", "err", err)
 	}

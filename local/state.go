@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ambit-mesh/ambit/controlplane/controller"
 	"github.com/ambit-mesh/ambit/controlplane/filesource"
+	"github.com/ambit-mesh/ambit/controlplane/model"
 )
 
 // DefaultStateDir is where the runtime keeps its state, logs and the CNI
@@ -39,6 +41,11 @@ type State struct {
 	// the objects it had before (if any) until it is fixed or removed; its
 	// entries go once it is.
 	ConfigErrors []ConfigError `json:"configErrors,omitempty"`
+	// Waypoints, the use-waypoint labels that did not bind, and route
+	// conditions, as the control plane reports them.
+	Waypoints       []model.WaypointStatus   `json:"waypoints,omitempty"`
+	BindingProblems []model.BindingProblem   `json:"bindingProblems,omitempty"`
+	Routes          []controller.RouteStatus `json:"routes,omitempty"`
 }
 
 // ConfigError is one problem that makes the config source reject a file.

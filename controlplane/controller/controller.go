@@ -12,13 +12,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/ambit-mesh/ambit/controlplane/config"
@@ -51,6 +55,26 @@ type Options struct {
 	// OnWarnings is called, from the build goroutine, when the policy
 	// warnings changed, with their sorted texts.
 	OnWarnings func([]string)
+	// OnStatus is called, from the build goroutine, when the status of
+	// waypoints, waypoint bindings or routes changed.
+	OnStatus func(Status)
+}
+
+// Status is what the control plane says about waypoints and routes, for
+// status displays (and, on Kubernetes, the objects' status).
+type Status struct {
+	Waypoints       []model.WaypointStatus `json:"waypoints,omitempty"`
+	BindingProblems []model.BindingProblem `json:"bindingProblems,omitempty"`
+	Routes          []RouteStatus          `json:"routes,omitempty"`
+}
+
+// RouteStatus is one route parentRef's conditions.
+type RouteStatus struct {
+	Kind       string             `json:"kind"`
+	Namespace  string             `json:"namespace"`
+	Name       string             `json:"name"`
+	Parent     int                `json:"parent"` // index in spec.parentRefs
+	Conditions []metav1.Condition `json:"conditions"`
 }
 
 // Stats are the controller's counters.
@@ -75,6 +99,7 @@ type Controller struct {
 	warned   map[string]bool
 	stats    Stats
 	ready    chan struct{} // closed after the first publish
+	status   Status
 }
 
 // New returns a controller with an empty store.
@@ -307,6 +332,9 @@ func (c *Controller) build() {
 	}
 	changed := !slices.Equal(texts, c.warnings)
 	c.warnings = texts
+	status := buildStatus(in, rt)
+	statusChanged := !reflect.DeepEqual(status, c.status)
+	c.status = status
 	c.stats.Builds++
 	c.stats.PublishErrs += failed
 	c.stats.LastBuild, c.stats.LastDuration = time.Now(), time.Since(start)
@@ -317,6 +345,9 @@ func (c *Controller) build() {
 	}
 	if changed && c.opts.OnWarnings != nil {
 		c.opts.OnWarnings(slices.Clone(texts))
+	}
+	if statusChanged && c.opts.OnStatus != nil {
+		c.opts.OnStatus(status)
 	}
 }
 
@@ -344,4 +375,24 @@ func routeInputs(in model.Inputs, st *Store) routes.Inputs {
 		}
 	}
 	return out
+}
+
+// buildStatus gathers waypoint, binding and route status.
+func buildStatus(in model.Inputs, rt routes.Output) Status {
+	var st Status
+	st.Waypoints, st.BindingProblems = model.WaypointReport(in)
+	for k, conds := range rt.Conditions {
+		st.Routes = append(st.Routes, RouteStatus{Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Parent: k.ParentIndex, Conditions: conds})
+	}
+	slices.SortFunc(st.Routes, func(a, b RouteStatus) int {
+		return strings.Compare(a.Kind+"/"+a.Namespace+"/"+a.Name+"/"+strconv.Itoa(a.Parent), b.Kind+"/"+b.Namespace+"/"+b.Name+"/"+strconv.Itoa(b.Parent))
+	})
+	return st
+}
+
+// Status returns the current waypoint and route status.
+func (c *Controller) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.status
 }

@@ -227,21 +227,22 @@ func PodBinding(pod *corev1.Pod, ns *corev1.Namespace, wps map[string]*Waypoint)
 // WaypointStatus is what a waypoint Gateway's status says (upstream's
 // conditions), and what it serves.
 type WaypointStatus struct {
-	Namespace, Name string
-	For             string
-	Addresses       []string
-	Accepted        bool
-	Programmed      bool
-	Reason          string   // when not programmed or not accepted
-	Services        []string // namespace/name bound to it
-	Workloads       []string // namespace/name bound to it
+	Namespace  string   `json:"namespace"`
+	Name       string   `json:"name"`
+	For        string   `json:"for"`
+	Addresses  []string `json:"addresses"`
+	Accepted   bool     `json:"accepted"`
+	Programmed bool     `json:"programmed"`
+	Reason     string   `json:"reason,omitempty"` // when not programmed or not accepted
+	Services   []string `json:"services"`         // namespace/name bound to it
+	Workloads  []string `json:"workloads"`        // namespace/name bound to it
 }
 
 // BindingProblem is an object whose use-waypoint label did not bind.
 type BindingProblem struct {
-	Object  string // "Service demo/echo", "Pod demo/echo-1"
-	From    string
-	Problem string
+	Object  string `json:"object"` // "Service demo/echo", "Pod demo/echo-1"
+	From    string `json:"from"`
+	Problem string `json:"problem"`
 }
 
 // WaypointReport summarises waypoints and bindings for status displays.
