@@ -345,14 +345,25 @@ func childTraceparent(in string) string {
 	var span [8]byte
 	_, _ = crand.Read(span[:])
 	parts := strings.Split(in, "-")
-	if len(parts) == 4 && len(parts[0]) == 2 && len(parts[1]) == 32 && len(parts[2]) == 16 && len(parts[3]) == 2 && parts[1] != strings.Repeat("0", 32) {
-		if _, err := hex.DecodeString(parts[1]); err == nil {
-			return parts[0] + "-" + parts[1] + "-" + hex.EncodeToString(span[:]) + "-" + parts[3]
-		}
+	if len(parts) == 4 && len(parts[0]) == 2 && len(parts[1]) == 32 && len(parts[2]) == 16 && len(parts[3]) == 2 &&
+		lowerHex(parts[0]) && lowerHex(parts[1]) && lowerHex(parts[2]) && lowerHex(parts[3]) &&
+		parts[0] != "ff" && parts[1] != strings.Repeat("0", 32) {
+		return parts[0] + "-" + parts[1] + "-" + hex.EncodeToString(span[:]) + "-" + parts[3]
 	}
 	var trace [16]byte
 	_, _ = crand.Read(trace[:])
 	return "00-" + hex.EncodeToString(trace[:]) + "-" + hex.EncodeToString(span[:]) + "-01"
+}
+
+// lowerHex reports whether s is lower-case hex digits only (W3C trace
+// context's alphabet).
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // countingWriter counts the response body and remembers the status.

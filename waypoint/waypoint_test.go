@@ -1,6 +1,7 @@
 package waypoint
 
 import (
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -68,10 +69,12 @@ func TestChildTraceparent(t *testing.T) {
 	if len(p) != 4 || p[1] != "4bf92f3577b34da6a3ce929d0e0e4736" || p[2] == "00f067aa0ba902b7" || len(p[2]) != 16 || p[3] != "01" {
 		t.Errorf("child of %s = %s: want the same trace and flags, a new span", in, got)
 	}
-	for _, bad := range []string{"", "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-xyz-00f067aa0ba902b7-01"} {
+	for _, bad := range []string{"", "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-xyz-00f067aa0ba902b7-01",
+		"0X-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz"} {
 		got := childTraceparent(bad)
 		p := strings.Split(got, "-")
-		if len(p) != 4 || len(p[1]) != 32 || len(p[2]) != 16 || p[1] == strings.Repeat("0", 32) {
+		if len(p) != 4 || len(p[1]) != 32 || len(p[2]) != 16 || p[1] == strings.Repeat("0", 32) || p[0] != "00" || (len(bad) >= 35 && strings.Contains(got, bad[3:35])) {
 			t.Errorf("childTraceparent(%q) = %s: want a fresh valid traceparent", bad, got)
 		}
 	}
@@ -95,4 +98,31 @@ func TestParseClusterName(t *testing.T) {
 			t.Errorf("parseClusterName(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// FuzzRequestHeaders: what a waypoint reads from peers and clients
+// (forwarded, traceparent, the path, the first bytes of a stream) never
+// panics, and what it writes is well formed.
+func FuzzRequestHeaders(f *testing.F) {
+	for _, s := range []string{`for="10.0.0.1:5"`, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "/a/../b//c/", "GET / HTTP/1.1", ""} {
+		f.Add(s)
+	}
+	tp := regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
+	f.Fuzz(func(t *testing.T, s string) {
+		_ = forwardedFor(s)
+		_ = looksHTTP([]byte(s))
+		_, _, _ = parseClusterName(s)
+		if got := childTraceparent(s); !tp.MatchString(got) {
+			t.Fatalf("childTraceparent(%q) = %q: not a traceparent", s, got)
+		}
+		p := normalizePath(s)
+		if !strings.HasPrefix(p, "/") || strings.Contains(p, "//") || normalizePath(p) != p {
+			t.Fatalf("normalizePath(%q) = %q: not a clean absolute path (or not idempotent)", s, p)
+		}
+		for _, seg := range strings.Split(p, "/") {
+			if seg == "." || seg == ".." {
+				t.Fatalf("normalizePath(%q) = %q keeps a dot segment", s, p)
+			}
+		}
+	})
 }
