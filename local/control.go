@@ -736,6 +736,20 @@ func ControlPlaneGet(stateDir, path string) ([]byte, error) {
 }
 
 // httpGetIn does one HTTP GET to addr from inside a network namespace.
+// WaypointGet fetches path from the admin port of waypoint namespace/name
+// (local mode: the waypoint runs as the pod of its Gateway's name).
+func WaypointGet(stateDir, namespace, name, path string) ([]byte, error) {
+	st, err := ReadState(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	p, err := st.FindPod(namespace + "/" + name)
+	if err != nil {
+		return nil, fmt.Errorf("waypoint %s/%s: %w", namespace, name, err)
+	}
+	return httpGetIn(p.Netns, "127.0.0.1:15000", path)
+}
+
 func httpGetIn(netns, addr, path string) ([]byte, error) {
 	var body []byte
 	err := nsnet.Do(netns, func() error {

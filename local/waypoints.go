@@ -38,7 +38,7 @@ func (s *Supervisor) waypointObjects(gw *gatewayv1.Gateway) (*corev1.Pod, *corev
 			ServiceAccountName: gw.Name,
 			Containers: []corev1.Container{{
 				Name: "istio-proxy",
-				Command: []string{s.self, "waypoint", "--namespace", gw.Namespace, "--name", gw.Name, "--node", node,
+				Command: []string{s.self, "waypoint", "run", "--namespace", gw.Namespace, "--name", gw.Name, "--node", node,
 					"--control-plane", fmt.Sprintf("%s:%d", controlPlaneIP, controlPlanePort),
 					"--credential-dir", filepath.Join(s.nodeDir(node)), "--log-format", "json"},
 			}},

@@ -47,6 +47,7 @@ type WorkloadDump struct {
 	TunnelProtocol string   `json:"protocol"`
 	Services       []string `json:"services,omitempty"`
 	Policies       []string `json:"policies,omitempty"` // selector policies that apply
+	Waypoint       string   `json:"waypoint,omitempty"` // namespace/hostname of its workload waypoint
 }
 
 // ServiceDump is one service as ztunnel sees it.
@@ -56,6 +57,20 @@ type ServiceDump struct {
 	Hostname  string   `json:"hostname"`
 	VIPs      []string `json:"vips"`
 	Ports     []string `json:"ports"`
+	Waypoint  string   `json:"waypoint,omitempty"` // namespace/hostname of its waypoint
+}
+
+// waypointName shows a waypoint address as namespace/hostname.
+func waypointName(gw *workloadapi.GatewayAddress) string {
+	if h := gw.GetHostname(); h != nil {
+		return h.GetNamespace() + "/" + h.GetHostname()
+	}
+	if a := gw.GetAddress(); a != nil {
+		if ip, ok := netip.AddrFromSlice(a.GetAddress()); ok {
+			return ip.String()
+		}
+	}
+	return ""
 }
 
 // Dump returns the current view.
@@ -91,7 +106,8 @@ func (z *Ztunnel) Dump() ConfigDump {
 	}
 	for _, w := range z.cfg.Index.Workloads() {
 		wd := WorkloadDump{UID: w.GetUid(), Name: w.GetName(), Namespace: w.GetNamespace(), Node: w.GetNode(),
-			Identity: Identity(w).String(), TunnelProtocol: w.GetTunnelProtocol().String(), Policies: w.GetAuthorizationPolicies()}
+			Identity: Identity(w).String(), TunnelProtocol: w.GetTunnelProtocol().String(), Policies: w.GetAuthorizationPolicies(),
+			Waypoint: waypointName(w.GetWaypoint())}
 		for _, a := range w.GetAddresses() {
 			if ip, ok := netip.AddrFromSlice(a); ok {
 				wd.Addresses = append(wd.Addresses, ip.String())
@@ -103,7 +119,7 @@ func (z *Ztunnel) Dump() ConfigDump {
 		d.Workloads = append(d.Workloads, wd)
 	}
 	for _, s := range z.cfg.Index.Services() {
-		sd := ServiceDump{Name: s.GetName(), Namespace: s.GetNamespace(), Hostname: s.GetHostname()}
+		sd := ServiceDump{Name: s.GetName(), Namespace: s.GetNamespace(), Hostname: s.GetHostname(), Waypoint: waypointName(s.GetWaypoint())}
 		for _, a := range s.GetAddresses() {
 			if ip, ok := netip.AddrFromSlice(a.GetAddress()); ok {
 				sd.VIPs = append(sd.VIPs, ip.String())

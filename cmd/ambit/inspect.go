@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -20,6 +22,7 @@ import (
 	"github.com/ambit-mesh/ambit/authz"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/local"
+	"github.com/ambit-mesh/ambit/waypoint"
 	"github.com/ambit-mesh/ambit/ztunnel"
 )
 
@@ -73,16 +76,16 @@ func newZtunnelConfigCmd() *cobra.Command {
 			switch args[0] {
 			case "workloads":
 				return printAs(out, output, d.Workloads, func(tw *tabwriter.Writer) {
-					fmt.Fprintln(tw, "NAMESPACE\tPOD NAME\tADDRESS\tNODE\tPROTOCOL\tIDENTITY")
+					fmt.Fprintln(tw, "NAMESPACE\tPOD NAME\tADDRESS\tNODE\tWAYPOINT\tPROTOCOL\tIDENTITY")
 					for _, w := range d.Workloads {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", w.Namespace, w.Name, strings.Join(w.Addresses, ","), w.Node, w.TunnelProtocol, w.Identity)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", w.Namespace, w.Name, strings.Join(w.Addresses, ","), w.Node, orNone(w.Waypoint), w.TunnelProtocol, w.Identity)
 					}
 				})
 			case "services":
 				return printAs(out, output, d.Services, func(tw *tabwriter.Writer) {
-					fmt.Fprintln(tw, "NAMESPACE\tSERVICE NAME\tSERVICE VIP\tPORTS")
+					fmt.Fprintln(tw, "NAMESPACE\tSERVICE NAME\tSERVICE VIP\tWAYPOINT\tPORTS")
 					for _, s := range d.Services {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Namespace, s.Name, strings.Join(s.VIPs, ","), strings.Join(s.Ports, " "))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, strings.Join(s.VIPs, ","), orNone(s.Waypoint), strings.Join(s.Ports, " "))
 					}
 				})
 			case "certificates":
@@ -133,13 +136,14 @@ func decodePolicies(d *ztunnel.ConfigDump) ([]*security.Authorization, error) {
 }
 
 func newAuthzCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "authz", Short: "Explain L4 authorization decisions"}
-	var stateDir, from, to string
+	cmd := &cobra.Command{Use: "authz", Short: "Explain authorization decisions, at L4 (ztunnel) and L7 (waypoint)"}
+	var stateDir, from, to, method, path string
 	check := &cobra.Command{
-		Use:   "check --from NS/POD --to NS/POD:PORT",
-		Short: "Say whether a connection would be allowed, and which policy and rule decided, with the code ztunnel runs",
+		Use:   "check --from NS/POD --to NS/POD-or-SERVICE:PORT [--method M --path P]",
+		Short: "Say whether a request would be allowed, which layer (waypoint or ztunnel) and which policy decided, with the code the proxies run",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
 			st, err := local.ReadState(stateDir)
 			if err != nil {
 				return err
@@ -148,84 +152,210 @@ func newAuthzCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--from: %w", err)
 			}
-			toPod, portStr, ok := strings.Cut(to, ":")
+			toName, portStr, ok := strings.Cut(to, ":")
 			if !ok {
-				return errors.New("--to: want NS/POD:PORT")
+				return errors.New("--to: want NS/POD:PORT or NS/SERVICE:PORT")
 			}
 			port, err := strconv.ParseUint(portStr, 10, 16)
 			if err != nil || port == 0 {
 				return fmt.Errorf("--to: bad port %q", portStr)
 			}
-			dst, err := st.FindPod(toPod)
-			if err != nil {
-				return fmt.Errorf("--to: %w", err)
-			}
-			// The destination's ztunnel decides, with what it holds.
-			d, err := configDump(stateDir, dst.Node)
+			// The source's ztunnel routes: it knows every workload and
+			// service, and which waypoint each uses.
+			d, err := configDump(stateDir, src.Node)
 			if err != nil {
 				return err
 			}
-			policies, err := decodePolicies(d)
-			if err != nil {
-				return err
-			}
-			var srcW, dstW *ztunnel.WorkloadDump
-			for i := range d.Workloads {
-				w := &d.Workloads[i]
-				if w.Namespace == src.Namespace && w.Name == src.Name {
-					srcW = w
-				}
-				if w.Namespace == dst.Namespace && w.Name == dst.Name {
-					dstW = w
-				}
-			}
-			if dstW == nil {
-				return fmt.Errorf("ztunnel on %s does not know %s/%s", dst.Node, dst.Namespace, dst.Name)
-			}
-			if dstW.TunnelProtocol != workloadapi.TunnelProtocol_HBONE.String() {
-				fmt.Fprintf(cmd.OutOrStdout(), "ALLOW: %s/%s is not in the mesh, so ztunnel enforces nothing for it\n", dst.Namespace, dst.Name)
-				return nil
-			}
-			conn := authz.Conn{SrcIP: netip.MustParseAddr(orZero(src.IP)), DstIP: netip.MustParseAddr(orZero(dst.IP)), DstPort: uint16(port)}
-			how := "plaintext (the source is not in the mesh)"
+			srcW := findWorkload(d, src.Namespace, src.Name)
+			var srcID *identity.SPIFFE
 			if srcW != nil && srcW.TunnelProtocol == workloadapi.TunnelProtocol_HBONE.String() {
 				id, err := identity.ParseSPIFFE(srcW.Identity)
 				if err != nil {
 					return err
 				}
-				conn.Src, how = &id, "mTLS as "+id.String()
+				srcID = &id
 			}
-			w := &workloadapi.Workload{Namespace: dst.Namespace, Name: dst.Name, AuthorizationPolicies: dstW.Policies}
-			applied := authz.Select(policies, w)
-			dec := authz.Evaluate(applied, conn)
-			verdict := "DENY"
-			if dec.Allow {
-				verdict = "ALLOW"
+			var target netip.AddrPort
+			var wpRef string
+			var endpoints []*ztunnel.WorkloadDump
+			if dst, err := st.FindPod(toName); err == nil {
+				dstW := findWorkload(d, dst.Namespace, dst.Name)
+				if dstW == nil {
+					return fmt.Errorf("ztunnel on %s does not know %s/%s", src.Node, dst.Namespace, dst.Name)
+				}
+				target = netip.AddrPortFrom(netip.MustParseAddr(orZero(dst.IP)), uint16(port))
+				wpRef, endpoints = dstW.Waypoint, []*ztunnel.WorkloadDump{dstW}
+			} else {
+				ns, name, _ := strings.Cut(toName, "/")
+				var svc *ztunnel.ServiceDump
+				for i := range d.Services {
+					if d.Services[i].Namespace == ns && d.Services[i].Name == name {
+						svc = &d.Services[i]
+					}
+				}
+				if svc == nil || len(svc.VIPs) == 0 {
+					return fmt.Errorf("--to: %s is neither a pod nor a service with a VIP", toName)
+				}
+				target = netip.AddrPortFrom(netip.MustParseAddr(svc.VIPs[0]), uint16(port))
+				wpRef = svc.Waypoint
+				for i := range d.Workloads {
+					if slices.Contains(d.Workloads[i].Services, svc.Namespace+"/"+svc.Hostname) {
+						endpoints = append(endpoints, &d.Workloads[i])
+					}
+				}
 			}
-			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "%s: %s/%s -> %s/%s:%d, %s\n", verdict, src.Namespace, src.Name, dst.Namespace, dst.Name, port, how)
-			fmt.Fprintf(out, "  reason: %s\n", dec.Reason)
-			if dec.Policy != "" {
-				fmt.Fprintf(out, "  decided by: %s\n", dec.Policy)
+			how := "plaintext (the source is not in the mesh)"
+			if srcID != nil {
+				how = "mTLS as " + srcID.String()
 			}
-			var names []string
-			for _, p := range applied {
-				names = append(names, fmt.Sprintf("%s/%s (%s)", p.GetNamespace(), p.GetName(), p.GetAction()))
+			fmt.Fprintf(out, "%s/%s -> %s (%s), %s\n", src.Namespace, src.Name, to, target, how)
+			l4From := srcID
+			if wpRef != "" && srcID != nil {
+				wpNS, host, _ := strings.Cut(wpRef, "/")
+				wpName, _, _ := strings.Cut(host, ".")
+				q := url.Values{"target": {target.String()}, "principal": {srcID.URL().String()}, "source": {src.IP}, "method": {orDefault(method, "GET")}, "path": {orDefault(path, "/")}}
+				body, err := local.WaypointGet(stateDir, wpNS, wpName, "/debug/authz?"+q.Encode())
+				if err != nil {
+					return fmt.Errorf("asking waypoint %s/%s: %w", wpNS, wpName, err)
+				}
+				var ex waypoint.Explanation
+				if err := json.Unmarshal(body, &ex); err != nil {
+					return fmt.Errorf("waypoint answer: %w: %s", err, body)
+				}
+				verdict := "DENY"
+				if ex.Bound && ex.Decision.Allowed {
+					verdict = "ALLOW"
+				}
+				fmt.Fprintf(out, "  layer 1, waypoint %s/%s (L7, %s %s): %s\n", wpNS, wpName, orDefault(method, "GET"), orDefault(path, "/"), verdict)
+				if !ex.Bound {
+					fmt.Fprintf(out, "    refused: %s\n", ex.Refusal)
+					fmt.Fprintf(out, "DENY (decided by the waypoint)\n")
+					return nil
+				}
+				fmt.Fprintf(out, "    reason: %s\n", ex.Decision.Reason)
+				if ex.Decision.Policy != "" {
+					fmt.Fprintf(out, "    decided by: %s\n", ex.Decision.Policy)
+				}
+				fmt.Fprintf(out, "    policy targets: %s\n", strings.Join(ex.Targets, ", "))
+				if ex.Route != "" {
+					fmt.Fprintf(out, "    route: %s -> %s\n", ex.Route, orDefault(ex.Cluster, "-"))
+				}
+				if !ex.Decision.Allowed {
+					fmt.Fprintf(out, "DENY (decided by the waypoint)\n")
+					return nil
+				}
+				wpID := identity.SPIFFE{TrustDomain: identity.DefaultTrustDomain, Namespace: wpNS, ServiceAccount: wpName}
+				l4From = &wpID
+				fmt.Fprintf(out, "  layer 2, destination ztunnel (L4), from the waypoint as %s:\n", wpID)
+			} else {
+				if method != "" || path != "" {
+					fmt.Fprintf(out, "  no waypoint: ztunnel decides at L4; HTTP fields of policies never match there (upstream's rule), so --method and --path change nothing\n")
+				}
+				fmt.Fprintf(out, "  destination ztunnel (L4):\n")
 			}
-			fmt.Fprintf(out, "  policies that apply: %s\n", orNone(strings.Join(names, ", ")))
-			for _, dr := range dec.DryRun {
-				fmt.Fprintf(out, "  dry run would deny: %s\n", dr)
+			allowed := 0
+			for _, ep := range endpoints {
+				verdict, lines, err := l4Check(stateDir, ep, l4From, netip.MustParseAddr(orZero(src.IP)), uint16(port), target)
+				if err != nil {
+					return err
+				}
+				if verdict == "ALLOW" {
+					allowed++
+				}
+				fmt.Fprintf(out, "    %s/%s: %s\n", ep.Namespace, ep.Name, verdict)
+				for _, l := range lines {
+					fmt.Fprintf(out, "      %s\n", l)
+				}
+			}
+			switch {
+			case len(endpoints) == 0:
+				fmt.Fprintf(out, "DENY (no endpoint)\n")
+			case allowed == len(endpoints):
+				fmt.Fprintf(out, "ALLOW\n")
+			case allowed == 0:
+				fmt.Fprintf(out, "DENY (decided by the destination ztunnel)\n")
+			default:
+				fmt.Fprintf(out, "ALLOW on %d of %d endpoints (decided by the destination ztunnel)\n", allowed, len(endpoints))
 			}
 			return nil
 		},
 	}
 	check.Flags().StringVar(&stateDir, "state-dir", local.DefaultStateDir, "the local mesh's state directory")
 	check.Flags().StringVar(&from, "from", "", "source pod, NS/POD")
-	check.Flags().StringVar(&to, "to", "", "destination pod and port, NS/POD:PORT")
+	check.Flags().StringVar(&to, "to", "", "destination pod or service and port, NS/NAME:PORT")
+	check.Flags().StringVar(&method, "method", "", "HTTP method (evaluated by the waypoint, if the destination has one)")
+	check.Flags().StringVar(&path, "path", "", "HTTP path (evaluated by the waypoint, if the destination has one)")
 	_ = check.MarkFlagRequired("from")
 	_ = check.MarkFlagRequired("to")
 	cmd.AddCommand(check)
 	return cmd
+}
+
+func findWorkload(d *ztunnel.ConfigDump, ns, name string) *ztunnel.WorkloadDump {
+	for i := range d.Workloads {
+		if d.Workloads[i].Namespace == ns && d.Workloads[i].Name == name {
+			return &d.Workloads[i]
+		}
+	}
+	return nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// l4Check evaluates, with the destination ztunnel's own policies, a
+// connection to endpoint ep from identity from (nil: plaintext).
+func l4Check(stateDir string, ep *ztunnel.WorkloadDump, from *identity.SPIFFE, srcIP netip.Addr, port uint16, target netip.AddrPort) (string, []string, error) {
+	if ep.TunnelProtocol != workloadapi.TunnelProtocol_HBONE.String() {
+		return "ALLOW", []string{"not in the mesh: ztunnel enforces nothing for it"}, nil
+	}
+	d, err := configDump(stateDir, ep.Node)
+	if err != nil {
+		return "", nil, err
+	}
+	policies, err := decodePolicies(d)
+	if err != nil {
+		return "", nil, err
+	}
+	if w := findWorkload(d, ep.Namespace, ep.Name); w != nil {
+		ep = w
+	}
+	ip := netip.MustParseAddr(orZero(firstOf(ep.Addresses)))
+	conn := authz.Conn{Src: from, SrcIP: srcIP, DstIP: ip, DstPort: port}
+	if target.Addr() == ip {
+		conn.DstPort = target.Port()
+	}
+	w := &workloadapi.Workload{Namespace: ep.Namespace, Name: ep.Name, AuthorizationPolicies: ep.Policies}
+	applied := authz.Select(policies, w)
+	dec := authz.Evaluate(applied, conn)
+	verdict := "DENY"
+	if dec.Allow {
+		verdict = "ALLOW"
+	}
+	lines := []string{"reason: " + dec.Reason}
+	if dec.Policy != "" {
+		lines = append(lines, "decided by: "+dec.Policy)
+	}
+	var names []string
+	for _, p := range applied {
+		names = append(names, fmt.Sprintf("%s/%s (%s)", p.GetNamespace(), p.GetName(), p.GetAction()))
+	}
+	lines = append(lines, "policies that apply: "+orNone(strings.Join(names, ", ")))
+	for _, dr := range dec.DryRun {
+		lines = append(lines, "dry run would deny: "+dr)
+	}
+	return verdict, lines, nil
+}
+
+func firstOf(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
 }
 
 func orZero(ip string) string {

@@ -35,14 +35,14 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newVersionCmd(),
-		newLocalCmd(),         // local.go: the local-mode runtime
-		newSampleCmd(),        // sample.go: sample workloads
-		newControlPlaneCmd(),  // controlplane.go: control plane (CA, later xDS)
-		newHBONEBenchCmd(),    // hbonebench.go: HBONE micro-benchmark
-		ztunnelcmd.New(),      // the node proxy (also the ambit-ztunnel binary)
-		waypointcmd.New(),     // the L7 proxy of a waypoint Gateway
-		newZtunnelConfigCmd(), // inspect.go: what a ztunnel knows
-		newAuthzCmd(),         // inspect.go: explain authorization decisions
+		newLocalCmd(),                     // local.go: the local-mode runtime
+		newSampleCmd(),                    // sample.go: sample workloads
+		newControlPlaneCmd(),              // controlplane.go: control plane (CA, later xDS)
+		newHBONEBenchCmd(),                // hbonebench.go: HBONE micro-benchmark
+		ztunnelcmd.New(),                  // the node proxy (also the ambit-ztunnel binary)
+		newWaypointCmd(waypointcmd.New()), // waypoint.go: run the L7 proxy, manage waypoints
+		newZtunnelConfigCmd(),             // inspect.go: what a ztunnel knows
+		newAuthzCmd(),                     // inspect.go: explain authorization decisions
 	)
 	return root
 }

@@ -497,6 +497,65 @@ func TestWaypoint(t *testing.T) {
 		}
 	})
 
+	t.Run("authz check says which layer decided", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			want []string
+		}{
+			{[]string{"--to", "shop/api:8080", "--method", "POST", "--path", "/admin"},
+				[]string{"layer 1, waypoint shop/waypoint (L7, POST /admin): DENY", "no ALLOW policy matched", "DENY (decided by the waypoint)"}},
+			{[]string{"--to", "shop/api:8080", "--method", "GET", "--path", "/public/x"},
+				[]string{"layer 1, waypoint shop/waypoint (L7, GET /public/x): ALLOW", "allowed by shop/api-l7/rule-0",
+					"layer 2, destination ztunnel (L4), from the waypoint as spiffe://cluster.local/ns/shop/sa/waypoint", "shop/only-via-waypoint", "\nALLOW\n"}},
+			{[]string{"--to", "shop/echo-v1-b:8080"},
+				[]string{"destination ztunnel (L4)", "shop/echo-v1-b: DENY", "DENY (decided by the destination ztunnel)"}},
+		} {
+			out, _ := ambit(t, 30*time.Second, append([]string{"authz", "check", "--state-dir", stateDir, "--from", "shop/client"}, tc.args...)...)
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("authz check %v: output lacks %q:\n%s", tc.args, w, out)
+				}
+			}
+		}
+		out := mustAmbit(t, 20*time.Second, "ztunnel-config", "services", "--state-dir", stateDir, "--node", "node1")
+		if !regexp.MustCompile(`shop\s+echo\s+\S+\s+shop/waypoint.shop.svc.cluster.local`).MatchString(out) {
+			t.Errorf("ztunnel-config services does not show echo's waypoint:\n%s", out)
+		}
+	})
+
+	t.Run("ambit waypoint apply, list, status and delete", func(t *testing.T) {
+		out := mustAmbit(t, 90*time.Second, "waypoint", "apply", "--state-dir", stateDir, "-n", "shop", "--name", "wp2", "--for", "workload")
+		if !strings.Contains(out, "waypoint shop/wp2 programmed at 10.") {
+			t.Fatalf("apply: %s", out)
+		}
+		out = mustAmbit(t, 10*time.Second, "waypoint", "list", "--state-dir", stateDir, "-n", "shop")
+		if !regexp.MustCompile(`shop\s+waypoint\s+service\s+true`).MatchString(out) || !regexp.MustCompile(`shop\s+wp2\s+workload\s+true`).MatchString(out) {
+			t.Errorf("list:\n%s", out)
+		}
+		out = mustAmbit(t, 10*time.Second, "waypoint", "status", "--state-dir", stateDir, "-n", "shop")
+		for _, w := range []string{"Programmed: true", "shop/api", "shop/echo"} {
+			if !strings.Contains(out, w) {
+				t.Errorf("status lacks %q:\n%s", w, out)
+			}
+		}
+		if out, err := ambit(t, 10*time.Second, "waypoint", "apply", "--state-dir", stateDir, "-n", "shop", "--for", "everything"); err == nil || !strings.Contains(out, "want service, workload, all or none") {
+			t.Errorf("apply --for everything: %v %s", err, out)
+		}
+		mustAmbit(t, 10*time.Second, "waypoint", "delete", "--state-dir", stateDir, "-n", "shop", "--name", "wp2")
+		waitFor(t, 30*time.Second, "wp2 gone", func() bool {
+			out := mustAmbit(t, 10*time.Second, "waypoint", "list", "--state-dir", stateDir, "-n", "shop")
+			for _, p := range readStatus(t, stateDir).Pods {
+				if p.Namespace == "shop" && p.Name == "wp2" {
+					return false // its pod still runs
+				}
+			}
+			return !strings.Contains(out, "wp2")
+		})
+		if out, err := ambit(t, 10*time.Second, "waypoint", "delete", "--state-dir", stateDir, "-n", "shop", "--name", "waypoint"); err == nil || !strings.Contains(out, "not created by ambit waypoint apply") {
+			t.Errorf("delete of a user's Gateway: %v %s", err, out)
+		}
+	})
+
 	t.Run("istio_requests_total counts by response code", func(t *testing.T) {
 		m := waypointMetrics(t, stateDir)
 		count := func(svc, code string) float64 {

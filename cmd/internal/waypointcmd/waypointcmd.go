@@ -1,16 +1,19 @@
-// Package waypointcmd is `ambit waypoint`: the L7 proxy of one waypoint
-// Gateway, fed by the control plane over xDS and identified by a
-// certificate from its CA.
+// Package waypointcmd is `ambit waypoint run`: the L7 proxy of one
+// waypoint Gateway, fed by the control plane over xDS and identified by a
+// certificate from its CA. (`ambit waypoint apply|list|status|delete`,
+// which manage waypoints in local mode, live with the CLI.)
 package waypointcmd
 
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -26,13 +29,13 @@ import (
 	"github.com/ambit-mesh/ambit/ztunnel"
 )
 
-// New returns the command.
+// New returns the `run` command.
 func New() *cobra.Command {
 	var (
-		ns, name, sa, node, cpAddr, credDir, listen, metricsAddr, readyAddr, trustDomain, domain, logFormat string
+		ns, name, sa, node, cpAddr, credDir, listen, metricsAddr, readyAddr, adminAddr, trustDomain, domain, logFormat string
 	)
 	cmd := &cobra.Command{
-		Use:   "waypoint",
+		Use:   "run",
 		Short: "Run a waypoint: the L7 proxy (routes, L7 authorization, request telemetry) for the services and workloads bound to one waypoint Gateway",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -101,13 +104,33 @@ func New() *cobra.Command {
 				}
 				_, _ = w.Write([]byte("ready\n"))
 			})
-			var servers []*http.Server
-			for _, addr := range []string{metricsAddr, readyAddr} {
-				l, err := net.Listen("tcp", addr)
+			// The admin port (local only) explains decisions.
+			admin := http.NewServeMux()
+			admin.HandleFunc("/debug/authz", func(rw http.ResponseWriter, r *http.Request) {
+				q := r.URL.Query()
+				target, err := netip.ParseAddrPort(q.Get("target"))
 				if err != nil {
-					return fmt.Errorf("listen %s: %w", addr, err)
+					http.Error(rw, "target: want IP:port", http.StatusBadRequest)
+					return
 				}
-				s := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+				src, _ := netip.ParseAddr(q.Get("source"))
+				method := q.Get("method")
+				if method == "" {
+					method = http.MethodGet
+				}
+				rw.Header().Set("Content-Type", "application/json")
+				_ = json.NewEncoder(rw).Encode(wp.Explain(target, q.Get("principal"), src, method, q.Get("path"), q.Get("host")))
+			})
+			var servers []*http.Server
+			for _, h := range []struct {
+				addr string
+				mux  http.Handler
+			}{{metricsAddr, mux}, {readyAddr, mux}, {adminAddr, admin}} {
+				l, err := net.Listen("tcp", h.addr)
+				if err != nil {
+					return fmt.Errorf("listen %s: %w", h.addr, err)
+				}
+				s := &http.Server{Handler: h.mux, ReadHeaderTimeout: 5 * time.Second}
 				servers = append(servers, s)
 				go func() { _ = s.Serve(l) }()
 			}
@@ -141,6 +164,7 @@ func New() *cobra.Command {
 	f.StringVar(&listen, "listen", ":15008", "HBONE listen address")
 	f.StringVar(&metricsAddr, "metrics", ":15020", "Prometheus metrics address")
 	f.StringVar(&readyAddr, "readiness", ":15021", "readiness address (/healthz/ready)")
+	f.StringVar(&adminAddr, "admin", "127.0.0.1:15000", "admin address (/debug/authz explains a request's authorization)")
 	f.StringVar(&trustDomain, "trust-domain", identity.DefaultTrustDomain, "trust domain")
 	f.StringVar(&domain, "domain", "cluster.local", "cluster DNS domain")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
