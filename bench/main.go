@@ -128,7 +128,7 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("%s missing: run `make build bench-tools`", tool)
 		}
 	}
-	for _, tool := range []string{"iperf3", "stunnel4"} {
+	for _, tool := range []string{"iperf3", "stunnel4", "nginx"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s missing: run ./scripts/install-deps.sh", tool)
 		}

@@ -31,6 +31,9 @@ type PathRounds struct {
 	Gbps1     []float64    `json:"iperf3_1_gbps"`
 	Gbps8     []float64    `json:"iperf3_8_gbps"`
 	CPU1000   [2][]float64 `json:"ztunnel_vcpu_per_1000rps,omitempty"` // per node, at the 1000 req/s run (ambit)
+	// ProxyCPU1000 is the L7 proxy's (waypoint or nginx) vCPU per 1000
+	// req/s at the 1000 req/s run.
+	ProxyCPU1000 []float64 `json:"proxy_vcpu_per_1000rps,omitempty"`
 }
 
 // ScaleRounds is ztunnel CPU at one asked rate (ambit path, 16
@@ -153,13 +156,15 @@ func (m *mesh) rtt(ctx context.Context, d time.Duration, p path) (p50, p99 float
 
 // measure runs one round of the main columns on a path.
 func (m *mesh) measure(ctx context.Context, d time.Duration, p path, res *PathRounds) error {
-	p50, p99, err := m.rtt(ctx, d, p)
-	if err != nil {
-		return fmt.Errorf("1-byte RTT: %w", err)
+	if !p.l7 {
+		p50, p99, err := m.rtt(ctx, d, p)
+		if err != nil {
+			return fmt.Errorf("1-byte RTT: %w", err)
+		}
+		res.RTTP50us = append(res.RTTP50us, p50)
+		res.RTTP99us = append(res.RTTP99us, p99)
 	}
-	res.RTTP50us = append(res.RTTP50us, p50)
-	res.RTTP99us = append(res.RTTP99us, p99)
-
+	px0 := proxyCPU(p.proxy)
 	zt0, err := ztunnels()
 	if err != nil {
 		return err
@@ -172,6 +177,9 @@ func (m *mesh) measure(ctx context.Context, d time.Duration, p path, res *PathRo
 	res.P50ms = append(res.P50ms, r.percentile(50))
 	res.P90ms = append(res.P90ms, r.percentile(90))
 	res.P99ms = append(res.P99ms, r.percentile(99))
+	if p.proxy != "" {
+		res.ProxyCPU1000 = append(res.ProxyCPU1000, per1000(proxyCPU(p.proxy)-px0, r.DurationHistogram.Count))
+	}
 	if p.name == "ambit" {
 		zt1, err := ztunnels()
 		if err != nil {
@@ -190,7 +198,9 @@ func (m *mesh) measure(ctx context.Context, d time.Duration, p path, res *PathRo
 		return fmt.Errorf("new connection per request: %w", err)
 	}
 	res.NewConnMs = append(res.NewConnMs, r.percentile(50))
-
+	if p.l7 {
+		return nil
+	}
 	for _, streams := range []int{1, 8} {
 		g, err := m.iperf(ctx, d, p, streams)
 		if err != nil {
@@ -299,6 +309,40 @@ type ztUsage struct {
 
 // ztunnels returns CPU seconds used so far and VmRSS of each node's
 // ztunnel, found by its command line (ambit-ztunnel --node NODE ...).
+// proxyCPU is the CPU seconds used so far by the L7 proxy's processes:
+// the waypoint (`ambit waypoint run`) or nginx (master and workers).
+func proxyCPU(proxy string) float64 {
+	if proxy == "" {
+		return 0
+	}
+	entries, _ := os.ReadDir("/proc")
+	total := 0.0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(string(raw), "\x00")
+		switch {
+		case proxy == "waypoint" && len(args) > 2 && args[1] == "waypoint" && args[2] == "run":
+		case proxy == "nginx" && strings.HasPrefix(args[0], "nginx"):
+		default:
+			continue
+		}
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 {
+			f := strings.Fields(string(stat)[i+2:])
+			if len(f) > 12 {
+				ut, _ := strconv.ParseFloat(f[11], 64)
+				st, _ := strconv.ParseFloat(f[12], 64)
+				total += (ut + st) / 100
+			}
+		}
+	}
+	return total
+}
+
 func ztunnels() (map[string]ztUsage, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {

@@ -34,6 +34,24 @@ metadata: {name: client, namespace: mesh}
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: server, namespace: mesh}
+---
+# The L7 path: the mesh server behind a Service that uses a waypoint.
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: mesh}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: server-l7
+  namespace: mesh
+  labels: {istio.io/use-waypoint: waypoint}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
 `
 
 // Ports of the servers in the server pods, and of the local ends of the
@@ -45,6 +63,7 @@ const (
 
 	stunnelHTTP, stunnelIperf, stunnelEcho = 18080, 15201, 19100
 	istioHTTP, istioIperf, istioEcho       = 28080, 25201, 29100
+	nginxHTTP                              = 8081 // nginx in plain/proxy, to plain/server
 )
 
 func pod(ns, name, node, sa string, cmd ...string) string {
@@ -56,8 +75,8 @@ func pod(ns, name, node, sa string, cmd ...string) string {
 	if sa != "" {
 		acct = "\n  serviceAccountName: " + sa
 	}
-	return fmt.Sprintf("---\napiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: %s}\nspec:\n  nodeName: %s%s\n  containers:\n  - name: main\n    command: [%s]\n",
-		name, ns, node, acct, strings.Join(q, ", "))
+	return fmt.Sprintf("---\napiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: %s, labels: {app: %s}}\nspec:\n  nodeName: %s%s\n  containers:\n  - name: main\n    command: [%s]\n",
+		name, ns, name, node, acct, strings.Join(q, ", "))
 }
 
 // tools are the binaries the bench drives.
@@ -77,6 +96,7 @@ type mesh struct {
 	stateDir string
 	workers  int
 	ips      map[string]string // ns/name -> IP
+	vips     map[string]string // ns/name -> service VIP
 	procs    []*exec.Cmd
 }
 
@@ -119,7 +139,7 @@ func (m *mesh) background(pod string, argv ...string) error {
 // count, and starts iperf3 and the echo server in both server pods. It
 // retries for a while if another user's mesh is live.
 func up(ctx context.Context, t tools, stateDir, cfgDir string, workers int) (*mesh, error) {
-	m := &mesh{t: t, stateDir: stateDir, workers: workers, ips: map[string]string{}}
+	m := &mesh{t: t, stateDir: stateDir, workers: workers, ips: map[string]string{}, vips: map[string]string{}}
 	man := manifests
 	for _, ns := range []string{"mesh", "plain"} {
 		server, client := "", ""
@@ -129,6 +149,8 @@ func up(ctx context.Context, t tools, stateDir, cfgDir string, workers int) (*me
 		man += pod(ns, "server", "node2", server, t.fortio, "server", "-http-port", strconv.Itoa(portHTTP), "-grpc-port", "disabled", "-redirect-port", "disabled", "-loglevel", "Warning")
 		man += pod(ns, "client", "node1", client, t.ambit, "sample", "tcp-echo", "--port", "9000")
 	}
+	// nginx's pod, in the waypoint's place: node1, beside the client.
+	man += pod("plain", "proxy", "node1", "", "sleep", "1000000")
 	dir := filepath.Join(cfgDir, fmt.Sprintf("mesh-w%d", workers))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -158,7 +180,11 @@ func up(ctx context.Context, t tools, stateDir, cfgDir string, workers int) (*me
 		return nil, err
 	}
 	var st struct {
-		Pods []struct{ Namespace, Name, IP string } `json:"pods"`
+		Pods     []struct{ Namespace, Name, IP string } `json:"pods"`
+		Services []struct {
+			Namespace, Name string
+			ClusterIP       string `json:"clusterIP"`
+		} `json:"services"`
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		m.down()
@@ -166,6 +192,9 @@ func up(ctx context.Context, t tools, stateDir, cfgDir string, workers int) (*me
 	}
 	for _, p := range st.Pods {
 		m.ips[p.Namespace+"/"+p.Name] = p.IP
+	}
+	for _, s := range st.Services {
+		m.vips[s.Namespace+"/"+s.Name] = s.ClusterIP
 	}
 	for _, p := range []string{"plain/server", "mesh/server"} {
 		if err := m.background(p, "iperf3", "-s", "-p", strconv.Itoa(portIperf)); err != nil {
@@ -195,6 +224,8 @@ func (m *mesh) down() {
 // path is one way from the client pod to the server pod's servers.
 type path struct {
 	name, pod string
+	l7        bool   // through an HTTP proxy: HTTP measurements only
+	proxy     string // the proxy whose CPU is counted: "waypoint" or "nginx"
 	http      string // fortio URL
 	iperfHost string
 	iperfPort int
@@ -214,6 +245,8 @@ func (m *mesh) paths(peers bool) []path {
 		ps = append(ps,
 			path{name: "stunnel", pod: "plain/client", http: fmt.Sprintf("http://127.0.0.1:%d/echo", stunnelHTTP), iperfHost: "127.0.0.1", iperfPort: stunnelIperf, echo: hostPort("127.0.0.1", stunnelEcho)},
 			path{name: "istio-hbone", pod: "plain/client", http: fmt.Sprintf("http://127.0.0.1:%d/echo", istioHTTP), iperfHost: "127.0.0.1", iperfPort: istioIperf, echo: hostPort("127.0.0.1", istioEcho)},
+			path{name: "waypoint", pod: "mesh/client", l7: true, proxy: "waypoint", http: "http://" + hostPort(m.vips["mesh/server-l7"], portHTTP) + "/echo"},
+			path{name: "nginx", pod: "plain/client", l7: true, proxy: "nginx", http: "http://" + hostPort(m.ips["plain/proxy"], nginxHTTP) + "/echo"},
 		)
 	}
 	return ps
@@ -294,6 +327,30 @@ func (m *mesh) startPeers(dir string, c certs) error {
 	}
 	if err := m.background("plain/client", args...); err != nil {
 		return fmt.Errorf("istio-hbone: %w", err)
+	}
+	// nginx as a reverse proxy in the waypoint's role: HTTP/1.1 with
+	// kept-alive upstream connections, no logs, one worker per CPU.
+	ngx := filepath.Join(dir, "nginx.conf")
+	conf := fmt.Sprintf(`worker_processes auto;
+pid %s;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %s;
+  proxy_temp_path %s;
+  upstream backend { server %s:%d; keepalive 64; }
+  server {
+    listen %d;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+`, filepath.Join(dir, "nginx.pid"), dir, dir, server, portHTTP, nginxHTTP)
+	if err := os.WriteFile(ngx, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	if err := m.background("plain/proxy", "nginx", "-c", ngx, "-e", "stderr", "-g", "daemon off;"); err != nil {
+		return fmt.Errorf("nginx: %w", err)
 	}
 	return nil
 }

@@ -36,6 +36,8 @@ func rows(res *Results) []row {
 		d := r.path("direct")
 		for _, p := range r.Paths {
 			switch {
+			case p.Name == "waypoint" || p.Name == "nginx":
+				continue // the L7 table's
 			case p.Name == "direct" && i > 0:
 				continue // the reference for this run's ambit row only
 			case p.Name == "ambit":
@@ -103,6 +105,7 @@ func render(res *Results) string {
 		b.WriteString("\n")
 	}
 
+	b.WriteString(l7Table(res))
 	b.WriteString("\n## ztunnel CPU as the rate grows (ambit path)\n\n")
 	b.WriteString("| workers | req/s asked | req/s achieved | node1 (outbound) vCPU per 1000 req/s | node2 (inbound) vCPU per 1000 req/s |\n|---|---|---|---|---|\n")
 	for _, r := range res.Runs {
@@ -256,4 +259,44 @@ func targets(res *Results) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// l7Table compares the waypoint path (client, ztunnel, waypoint, ztunnel,
+// server) with nginx in the same role (client, nginx, server, plaintext):
+// each proxy's added cost is against the path it adds a hop to (the
+// ambit L4 path for the waypoint, direct for nginx).
+func l7Table(res *Results) string {
+	if len(res.Runs) == 0 {
+		return ""
+	}
+	r := res.Runs[0]
+	wp, ngx, amb, d := r.path("waypoint"), r.path("nginx"), r.path("ambit"), r.path("direct")
+	if wp == nil || ngx == nil || amb == nil || d == nil {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n## L7 proxies (w%d mesh): the waypoint beside nginx in the same role\n\n", r.Workers)
+	b.WriteString("The waypoint path is client, ztunnel, waypoint, ztunnel, server (HBONE mTLS on each hop); nginx is client, nginx, server in plaintext, its pod on node1 where the waypoint runs. Added per L7 hop: the waypoint path less the ambit L4 path, nginx less direct.\n\n")
+	b.WriteString("| path | p50 ms | p99 ms | added p99 per L7 hop ms | max req/s | new conn p50 ms | proxy vCPU per 1000 req/s |\n|---|---|---|---|---|---|---|\n")
+	for _, x := range []struct {
+		name     string
+		p, under *PathRounds
+	}{{"waypoint", wp, amb}, {"nginx", ngx, d}} {
+		fmt.Fprintf(&b, "| %s | %.3f | %.3f | %+.3f | %.0f | %.3f | %.3f |\n", x.name, median(x.p.P50ms), median(x.p.P99ms),
+			median(x.p.P99ms)-median(x.under.P99ms), median(x.p.MaxQPS), median(x.p.NewConnMs), median(x.p.ProxyCPU1000))
+	}
+	added := median(wp.P99ms) - median(amb.P99ms)
+	cpu := median(wp.ProxyCPU1000)
+	b.WriteString("\n| waypoint target | goal | measured | met? |\n|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| added p99 per L7 hop at 1000 req/s | <= +0.4 ms | %+.3f ms | %s |\n", added, metStr(added <= 0.4))
+	fmt.Fprintf(&b, "| waypoint vCPU per 1000 req/s | <= 0.2 | %.3f | %s |\n", cpu, metStr(cpu <= 0.2))
+	fmt.Fprintf(&b, "| max req/s, at least nginx's | >= %.0f | %.0f | %s |\n", median(ngx.MaxQPS), median(wp.MaxQPS), metStr(median(wp.MaxQPS) >= median(ngx.MaxQPS)))
+	return b.String()
+}
+
+func metStr(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "not met"
 }

@@ -19,6 +19,7 @@ declare -A want=(
   [make]=make
   [git]=git
   [jq]=jq
+  [nginx]=nginx-light
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -27,8 +28,18 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages with daemons (nginx) must not start them: the benchmark runs
+  # its own, inside a pod. policy-rc.d 101 forbids service starts.
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0
+  [ -e "$policy" ] && had_policy=1
+  if [ "$had_policy" = 0 ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$had_policy" = 0 ] && rm -f "$policy"
 fi
 
 if ! command -v go >/dev/null 2>&1; then
