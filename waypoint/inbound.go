@@ -163,7 +163,7 @@ func forwardedFor(v string) netip.Addr {
 // relayTCP relays a non-HTTP tunnel to an endpoint of its target.
 func (w *Waypoint) relayTCP(ctx context.Context, t *tunnel, c net.Conn) {
 	start := time.Now()
-	up, ep, err := w.up.dialTCP(ctx, t)
+	up, dstWL, ep, err := w.up.dialTCP(ctx, t)
 	rec := &record{start: start, t: t, proto: "tcp", method: "-", code: 0}
 	if err != nil {
 		rec.err, rec.flags = err.Error(), "UF"
@@ -171,7 +171,7 @@ func (w *Waypoint) relayTCP(ctx context.Context, t *tunnel, c net.Conn) {
 		c.Close()
 		return
 	}
-	rec.upstream = ep
+	rec.upstream, rec.dstWL = ep, dstWL
 	var wg sync.WaitGroup
 	var sent, recv int64
 	wg.Add(2)

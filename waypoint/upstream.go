@@ -13,6 +13,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/waypoint/router"
 	"github.com/ambit-mesh/ambit/ztunnel"
 )
 
@@ -106,19 +107,39 @@ func (u *upstream) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 	return u.w.pool.Dial(ctx, key, addr, hdr)
 }
 
+// tcpRoutePrefix starts the names of TCP destinations among the route
+// configurations (the control plane's xds.TCPRoutePrefix).
+const tcpRoutePrefix = "tcp|"
+
 // dialTCP opens a TCP relay's upstream: an endpoint of the tunnel's
 // service (its port mapped), or the tunnel's workload itself.
-func (u *upstream) dialTCP(ctx context.Context, t *tunnel) (net.Conn, string, error) {
-	addr := t.target
+func (u *upstream) dialTCP(ctx context.Context, t *tunnel) (net.Conn, *workloadapi.Workload, string, error) {
+	addr, dst := t.target, t.workload
 	if t.service != nil {
-		_, ep, err := u.pick(t.service.GetHostname(), t.target.Port())
-		if err != nil {
-			return nil, "", err
+		host, port := t.service.GetHostname(), t.target.Port()
+		// A TCPRoute on the service port picks the backend (weighted).
+		if rt, err := u.w.cfg.L7.Router(tcpRoutePrefix + routeName(host, port)); err == nil {
+			d, ok := rt.Decide(router.Request{Method: http.MethodGet, Path: "/"}, nil)
+			switch {
+			case !ok:
+				return nil, nil, "", fmt.Errorf("TCP route of %s:%d matched nothing", host, port)
+			case d.Direct != nil:
+				return nil, nil, "", fmt.Errorf("TCP route of %s:%d: %s", host, port, d.Direct.Body)
+			}
+			h, p, ok := parseClusterName(d.Cluster)
+			if !ok {
+				return nil, nil, "", fmt.Errorf("TCP route of %s:%d: unknown cluster %q", host, port, d.Cluster)
+			}
+			host, port = h, p
 		}
-		addr = ep
+		wl, ep, err := u.pick(host, port)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		addr, dst = ep, wl
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := u.dial(dctx, "tcp", addr.String())
-	return c, addr.String(), err
+	return c, dst, addr.String(), err
 }

@@ -36,6 +36,7 @@ const (
 	KindGateway             = "Gateway"
 	KindHTTPRoute           = "HTTPRoute"
 	KindGRPCRoute           = "GRPCRoute"
+	KindTCPRoute            = "TCPRoute"
 )
 
 // Key identifies an object: its kind, namespace (empty for cluster-scoped
@@ -90,6 +91,8 @@ func KindOf(o Object) string {
 		return KindHTTPRoute
 	case *gatewayv1.GRPCRoute:
 		return KindGRPCRoute
+	case *gatewayv1.TCPRoute:
+		return KindTCPRoute
 	}
 	return ""
 }

@@ -309,7 +309,15 @@ func (c *Controller) build() {
 		texts = append(texts, w.String())
 	}
 	rt := routes.Build(routeInputs(in, st))
-	if err := c.opts.Publisher.Publish(xds.RouteType, xds.Typed(rt.Routes)); err != nil {
+	// One type for both: TCP destinations are named "tcp|<hostname>:<port>".
+	all := make(map[string]proto.Message, len(rt.Routes)+len(rt.TCPRoutes))
+	for n, r := range rt.Routes {
+		all[n] = r
+	}
+	for n, r := range rt.TCPRoutes {
+		all[xds.TCPRoutePrefix+n] = r
+	}
+	if err := c.opts.Publisher.Publish(xds.RouteType, all); err != nil {
 		c.logger.Error("publishing waypoint routes", "err", err)
 		failed++
 	}
@@ -363,7 +371,7 @@ func routeInputs(in model.Inputs, st *Store) routes.Inputs {
 	for _, ns := range in.Namespaces {
 		nss[ns.Name] = ns
 	}
-	out := routes.Inputs{HTTPRoutes: st.HTTPRoutes(), GRPCRoutes: st.GRPCRoutes()}
+	out := routes.Inputs{HTTPRoutes: st.HTTPRoutes(), GRPCRoutes: st.GRPCRoutes(), TCPRoutes: st.TCPRoutes()}
 	for _, svc := range in.Services {
 		rs := routes.Service{Namespace: svc.Namespace, Name: svc.Name, Hostname: model.ServiceHostname(svc, domain)}
 		for _, p := range svc.Spec.Ports {

@@ -185,6 +185,11 @@ func (s *Store) HTTPRoutes() []*gatewayv1.HTTPRoute {
 	return ofKind[*gatewayv1.HTTPRoute](s, config.KindHTTPRoute)
 }
 
+// TCPRoutes returns the TCPRoutes (stored for waypoints).
+func (s *Store) TCPRoutes() []*gatewayv1.TCPRoute {
+	return ofKind[*gatewayv1.TCPRoute](s, config.KindTCPRoute)
+}
+
 // GRPCRoutes returns the GRPCRoutes (stored for waypoints).
 func (s *Store) GRPCRoutes() []*gatewayv1.GRPCRoute {
 	return ofKind[*gatewayv1.GRPCRoute](s, config.KindGRPCRoute)

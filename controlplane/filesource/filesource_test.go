@@ -289,7 +289,7 @@ func TestLoadBad(t *testing.T) {
 		{name: "kind not a string", data: "apiVersion: v1\nkind: [Pod]\nmetadata: {name: x}\n",
 			want: "bad.yaml:2: kind: must be a non-empty string", exact: true},
 		{name: "unknown kind", data: "apiVersion: x/v1\nkind: Foo\nmetadata: {name: x, namespace: demo}\n",
-			want: "bad.yaml:2: Foo demo/x: kind: unknown kind Foo (apiVersion x/v1); supported: Namespace (v1), ServiceAccount (v1), Pod (v1), Service (v1), AuthorizationPolicy (security.istio.io/v1, security.istio.io/v1beta1), PeerAuthentication (security.istio.io/v1, security.istio.io/v1beta1), Gateway (gateway.networking.k8s.io/v1), HTTPRoute (gateway.networking.k8s.io/v1), GRPCRoute (gateway.networking.k8s.io/v1), LocalCluster (ambit.dev/v1alpha1)", exact: true},
+			want: "bad.yaml:2: Foo demo/x: kind: unknown kind Foo (apiVersion x/v1); supported: Namespace (v1), ServiceAccount (v1), Pod (v1), Service (v1), AuthorizationPolicy (security.istio.io/v1, security.istio.io/v1beta1), PeerAuthentication (security.istio.io/v1, security.istio.io/v1beta1), Gateway (gateway.networking.k8s.io/v1), HTTPRoute (gateway.networking.k8s.io/v1), GRPCRoute (gateway.networking.k8s.io/v1), TCPRoute (gateway.networking.k8s.io/v1, gateway.networking.k8s.io/v1alpha2), LocalCluster (ambit.dev/v1alpha1)", exact: true},
 		{name: "kind under a wrong apiVersion", data: "apiVersion: v2\nkind: Pod\nmetadata: {name: x}\n",
 			want: "bad.yaml:2: Pod x: kind: unknown kind Pod (apiVersion v2); supported: "},
 

@@ -81,6 +81,8 @@ func kinds() []kindInfo {
 		{"Gateway", []string{"gateway.networking.k8s.io/v1"}, true, func() Object { return &gatewayv1.Gateway{} }, validateGateway},
 		{"HTTPRoute", []string{"gateway.networking.k8s.io/v1"}, true, func() Object { return &gatewayv1.HTTPRoute{} }, validateHTTPRoute},
 		{"GRPCRoute", []string{"gateway.networking.k8s.io/v1"}, true, func() Object { return &gatewayv1.GRPCRoute{} }, validateGRPCRoute},
+		// TCPRoute: Istio's docs write v1alpha2; its schema is v1's.
+		{"TCPRoute", []string{"gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha2"}, true, func() Object { return &gatewayv1.TCPRoute{} }, validateTCPRoute},
 		{"LocalCluster", []string{"ambit.dev/v1alpha1"}, false, func() Object { return &LocalCluster{} }, validateLocalCluster},
 	}
 }

@@ -471,6 +471,16 @@ func validateGRPCRoute(v *validator, o Object) {
 	}
 }
 
+func validateTCPRoute(v *validator, o Object) {
+	rt := o.(*gatewayv1.TCPRoute)
+	v.parentRefs(rt.Spec.ParentRefs)
+	for i, r := range rt.Spec.Rules {
+		for j, b := range r.BackendRefs {
+			v.backendRef(fmt.Sprintf("spec.rules[%d].backendRefs[%d]", i, j), b)
+		}
+	}
+}
+
 func validateLocalCluster(v *validator, o Object) {
 	c := o.(*LocalCluster)
 	if c.Spec.Nodes < 0 || c.Spec.Nodes > 16 {

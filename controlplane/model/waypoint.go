@@ -267,6 +267,14 @@ func WaypointReport(in Inputs) ([]WaypointStatus, []BindingProblem) {
 		}
 		st[k] = s
 	}
+	// Other Gateways are not Ambit's: say so, rather than ignore them in
+	// silence.
+	for _, gw := range in.Gateways {
+		if !IsWaypoint(gw) {
+			st[gw.Namespace+"/"+gw.Name] = &WaypointStatus{Namespace: gw.Namespace, Name: gw.Name, For: "-",
+				Reason: fmt.Sprintf("gatewayClassName %q is not served by Ambit (only %s): ignored", gw.Spec.GatewayClassName, GatewayClassWaypoint)}
+		}
+	}
 	var problems []BindingProblem
 	for _, svc := range in.Services {
 		b := ServiceBinding(svc, nss[svc.Namespace], wps)

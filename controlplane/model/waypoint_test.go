@@ -139,6 +139,11 @@ func TestWaypointAccepted(t *testing.T) {
 	if len(st) != 1 || st[0].Accepted || st[0].Programmed || st[0].Reason == "" {
 		t.Errorf("status of a rejected waypoint: %+v", st)
 	}
+	other := &gatewayv1.Gateway{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "ingress"}, Spec: gatewayv1.GatewaySpec{GatewayClassName: "nginx"}}
+	st, _ = WaypointReport(Inputs{Gateways: []*gatewayv1.Gateway{other}})
+	if len(st) != 1 || st[0].Accepted || !strings.Contains(st[0].Reason, `gatewayClassName "nginx" is not served by Ambit`) {
+		t.Errorf("status of a Gateway of another class: %+v", st)
+	}
 }
 
 // TestBuildWaypoints: the WDS resources name the waypoint by its

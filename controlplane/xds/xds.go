@@ -39,6 +39,9 @@ const (
 const (
 	RouteType = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	RBACType  = "type.googleapis.com/envoy.config.rbac.v3.RBAC"
+	// TCPRoutePrefix starts the name of a service port's TCP destination
+	// (from TCPRoutes) among the RouteConfigurations.
+	TCPRoutePrefix = "tcp|"
 )
 
 // AmbientTypes are the type URLs ztunnels and waypoints watch.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -49,7 +50,61 @@ spec:
   serviceAccountName: client
   containers: [{name: main, command: [sleep, "100000"]}]
 ` + echoPod("echo-v1-a", "node1", "v1") + echoPod("echo-v1-b", "node2", "v1") + echoPod("echo-v2", "node2", "v2") +
-	service("echo", "") + service("echo-v1", "v1") + service("echo-v2", "v2") + service("api", "") + service("echo-grpc", "") + `
+	service("echo", "") + service("echo-v1", "v1") + service("echo-v2", "v2") + service("api", "") + service("echo-grpc", "") +
+	bannerPod("banner-a", "node1", "a") + bannerPod("banner-b", "node2", "b") + `
+---
+apiVersion: v1
+kind: Service
+metadata: {name: banner, namespace: shop}
+spec:
+  selector: {app: banner}
+  ports: [{name: tcp-banner, port: 2525, targetPort: 2525}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: banner-b, namespace: shop}
+spec:
+  selector: {app: banner, which: b}
+  ports: [{name: tcp-banner, port: 2525, targetPort: 2525}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: banner, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: banner, port: 2525}]
+  rules:
+  - backendRefs: [{name: banner-b, port: 2525}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: shop}
+spec:
+  gatewayClassName: some-other-class
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+# vault: no waypoint; an ALLOW with HTTP fields, which ztunnel cannot
+# check, denies everything (upstream's rule).
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: vault
+  labels: {istio.io/dataplane-mode: ambient}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vault, namespace: vault, labels: {app: vault}}
+spec:
+  nodeName: node2
+  containers: [{name: echo, command: [ambit, sample, echo, --port, "8080"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: get-only, namespace: vault}
+spec:
+  selector: {matchLabels: {app: vault}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [GET]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -138,6 +193,35 @@ spec:
     command: [ambit, sample, echo, --port, "8080"]
     env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
 `, name, version, node)
+}
+
+func bannerPod(name, node, which string) string {
+	return fmt.Sprintf(`
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: shop, labels: {app: banner, which: %s}}
+spec:
+  nodeName: %s
+  containers:
+  - name: banner
+    command: [ambit, sample, banner, --port, "2525"]
+    env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+`, name, which, node)
+}
+
+// greeting dials addr from netns and reads a banner's first line.
+func greeting(netns, addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := nsnet.DialFunc(netns, nsnet.SocketOptions{}, nil)(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
 }
 
 func service(name, version string) string {
@@ -257,6 +341,18 @@ func TestWaypoint(t *testing.T) {
 		out := mustAmbit(t, 10*time.Second, "local", "status", "--state-dir", stateDir)
 		if !strings.Contains(out, "shop/api-l7") || !strings.Contains(out, "waypoint") {
 			t.Errorf("status does not say the L7 policy waits for a waypoint:\n%s", out)
+		}
+		// A selector policy with HTTP fields: ztunnel denies, and says why.
+		vault := "http://" + st.podIP(t, "vault", "vault") + ":8080/"
+		if r, err := c.do("GET", vault, nil); err == nil {
+			t.Errorf("GET to vault under an ALLOW with HTTP fields and no waypoint got %d, want refused", r.code)
+		}
+		if !strings.Contains(out, "vault/get-only") {
+			t.Errorf("status does not warn about vault/get-only:\n%s", out)
+		}
+		// A Gateway of another class is ignored, with a reason.
+		if !regexp.MustCompile(`shop\s+ingress\s+-\s+-\s+false\s+false.*not served by Ambit`).MatchString(out) {
+			t.Errorf("status does not say the ingress Gateway is ignored:\n%s", out)
 		}
 	})
 
@@ -412,6 +508,23 @@ func TestWaypoint(t *testing.T) {
 		}
 	})
 
+	t.Run("a TCPRoute sends a server-first TCP service to its backend", func(t *testing.T) {
+		for i := 0; i < 10; i++ {
+			line, err := greeting(clientNS, vip["banner"]+":2525")
+			if err != nil || line != samples.BannerGreeting("banner-b") {
+				t.Fatalf("connection %d: %q %v, want banner-b's greeting", i, line, err)
+			}
+		}
+		waitFor(t, 10*time.Second, "the waypoint's log of a TCP connection to banner-b", func() bool {
+			for _, l := range waypointLog(t, stateDir) {
+				if l["protocol"] == "tcp" && l["dst.workload"] == "banner-b" {
+					return true
+				}
+			}
+			return false
+		})
+	})
+
 	t.Run("a route to a missing backend answers 500 and says why", func(t *testing.T) {
 		r, err := c.do("GET", echoURL+"/missing", nil)
 		if err != nil || r.code != 500 || !strings.Contains(r.body, "no-such-service") {
@@ -473,9 +586,17 @@ func TestWaypoint(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			t.Fatal(err)
 		}
-		if len(st.Waypoints) != 1 || !st.Waypoints[0].Programmed || len(st.Waypoints[0].Addresses) != 1 ||
-			!slices.Contains(st.Waypoints[0].Services, "shop/echo") || !slices.Contains(st.Waypoints[0].Services, "shop/api") ||
-			slices.Contains(st.Waypoints[0].Services, "shop/waypoint") {
+		i := slices.IndexFunc(st.Waypoints, func(w struct {
+			Namespace, Name string
+			Programmed      bool
+			Addresses       []string
+			Services        []string
+		}) bool {
+			return w.Namespace == "shop" && w.Name == "waypoint"
+		})
+		if i < 0 || !st.Waypoints[i].Programmed || len(st.Waypoints[i].Addresses) != 1 ||
+			!slices.Contains(st.Waypoints[i].Services, "shop/echo") || !slices.Contains(st.Waypoints[i].Services, "shop/api") ||
+			slices.Contains(st.Waypoints[i].Services, "shop/waypoint") {
 			t.Errorf("waypoints in status: %+v", st.Waypoints)
 		}
 		missing := false
