@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -106,6 +107,8 @@ func New() *cobra.Command {
 			})
 			// The admin port (local only) explains decisions.
 			admin := http.NewServeMux()
+			admin.HandleFunc("/debug/pprof/", pprof.Index)
+			admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
 			admin.HandleFunc("/debug/authz", func(rw http.ResponseWriter, r *http.Request) {
 				q := r.URL.Query()
 				target, err := netip.ParseAddrPort(q.Get("target"))
