@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +38,25 @@ type Metrics struct {
 	reqSize  *prometheus.HistogramVec
 	respSize *prometheus.HistogramVec
 	refused  prometheus.Counter
+
+	series sync.Map // label values joined by NUL -> *series: the label hashing is paid once per series
+}
+
+// series holds one label set's four request metrics.
+type series struct {
+	requests                  prometheus.Counter
+	duration, reqSize, respSz prometheus.Observer
+}
+
+func (m *Metrics) seriesFor(lv []string) *series {
+	key := strings.Join(lv, "\x00")
+	if s, ok := m.series.Load(key); ok {
+		return s.(*series)
+	}
+	s := &series{requests: m.requests.WithLabelValues(lv...), duration: m.duration.WithLabelValues(lv...),
+		reqSize: m.reqSize.WithLabelValues(lv...), respSz: m.respSize.WithLabelValues(lv...)}
+	actual, _ := m.series.LoadOrStore(key, s)
+	return actual.(*series)
 }
 
 // NewMetrics registers the metrics in a registry of their own.
@@ -127,10 +148,11 @@ func (w *Waypoint) finish(r *record) {
 			unknown(dst.GetWorkloadName()), unknown(dst.GetCanonicalName()), unknown(dst.GetCanonicalRevision()), unknown(dst.GetNamespace()),
 			dstPrincipal, unknown(dst.GetCanonicalName()), unknown(dst.GetCanonicalRevision()), unknown(dst.GetClusterId()),
 			r.proto, code, grpc, flags, "mutual_tls"}
-		w.cfg.Metrics.requests.WithLabelValues(lv...).Inc()
-		w.cfg.Metrics.duration.WithLabelValues(lv...).Observe(float64(dur.Microseconds()) / 1000)
-		w.cfg.Metrics.reqSize.WithLabelValues(lv...).Observe(float64(r.reqBytes))
-		w.cfg.Metrics.respSize.WithLabelValues(lv...).Observe(float64(r.respBytes))
+		s := w.cfg.Metrics.seriesFor(lv)
+		s.requests.Inc()
+		s.duration.Observe(float64(dur.Microseconds()) / 1000)
+		s.reqSize.Observe(float64(r.reqBytes))
+		s.respSz.Observe(float64(r.respBytes))
 	}
 	attrs := []slog.Attr{
 		slog.String("src.addr", addrOr(t.src)), slog.String("src.identity", srcPrincipal),
