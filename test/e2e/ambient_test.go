@@ -421,7 +421,8 @@ func TestAmbientMesh(t *testing.T) {
 			{"demo/banner", "demo/echo-2:8080", "DENY"},
 		} {
 			out := mustAmbit(t, 20*time.Second, "authz", "check", "--state-dir", stateDir, "--from", c.from, "--to", c.to)
-			if !strings.HasPrefix(out, c.want+":") {
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if verdict := lines[len(lines)-1]; !strings.HasPrefix(verdict, c.want) {
 				t.Errorf("authz check %s -> %s:\n%s\nwant %s", c.from, c.to, out, c.want)
 			}
 			if c.want == "ALLOW" && !strings.Contains(out, "decided by: demo/allow-client") {
@@ -482,7 +483,7 @@ func TestAmbientMesh(t *testing.T) {
 		findLogFunc(t, stateDir, "node2", func(r map[string]any) bool {
 			return r["msg"] == "connection closed by policy" && r["policy"] == "demo/deny-client"
 		})
-		if out := mustAmbit(t, 20*time.Second, "authz", "check", "--state-dir", stateDir, "--from", "demo/client", "--to", "demo/echo-2:8080"); !strings.HasPrefix(out, "DENY:") || !strings.Contains(out, "explicitly denied by: demo/deny-client") {
+		if out := mustAmbit(t, 20*time.Second, "authz", "check", "--state-dir", stateDir, "--from", "demo/client", "--to", "demo/echo-2:8080"); !strings.Contains(out, "\nDENY (decided by the destination ztunnel)") || !strings.Contains(out, "explicitly denied by: demo/deny-client") {
 			t.Errorf("authz check after the DENY:\n%s", out)
 		}
 	})
