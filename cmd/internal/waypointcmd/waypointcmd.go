@@ -6,7 +6,6 @@ package waypointcmd
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,14 +15,12 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	securityapi "istio.io/api/security/v1alpha1"
 
+	"github.com/ambit-mesh/ambit/cmd/internal/cpconn"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/identity/caclient"
 	"github.com/ambit-mesh/ambit/waypoint"
@@ -55,23 +52,9 @@ func New() *cobra.Command {
 			if err := id.Validate(); err != nil {
 				return err
 			}
-			cred, err := tls.LoadX509KeyPair(filepath.Join(credDir, "cert-chain.pem"), filepath.Join(credDir, "key.pem"))
+			conn, err := cpconn.Dial(cpAddr, credDir, trustDomain)
 			if err != nil {
-				return fmt.Errorf("credential: %w", err)
-			}
-			rootPEM, err := os.ReadFile(filepath.Join(credDir, "root-cert.pem"))
-			if err != nil {
-				return fmt.Errorf("control plane root: %w", err)
-			}
-			roots, err := identity.ParseBundle(rootPEM)
-			if err != nil {
-				return fmt.Errorf("control plane root: %w", err)
-			}
-			tlsConf := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return &cred, nil },
-				func() *identity.Bundle { return roots }, []identity.SPIFFE{identity.ControlPlane(trustDomain)}, nil)
-			conn, err := grpc.NewClient(cpAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
-			if err != nil {
-				return fmt.Errorf("control plane %s: %w", cpAddr, err)
+				return err
 			}
 			defer conn.Close()
 			certs := caclient.NewManager(&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(conn), Impersonate: true}, nil, log)

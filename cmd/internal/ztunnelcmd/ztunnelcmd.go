@@ -6,7 +6,6 @@ package ztunnelcmd
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,16 +13,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	securityapi "istio.io/api/security/v1alpha1"
 
+	"github.com/ambit-mesh/ambit/cmd/internal/cpconn"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/identity/caclient"
 	"github.com/ambit-mesh/ambit/zds"
@@ -77,23 +74,9 @@ func New() *cobra.Command {
 			if node == "" || cpAddr == "" || credDir == "" {
 				return errors.New("--node, --control-plane and --credential-dir are required")
 			}
-			cred, err := tls.LoadX509KeyPair(filepath.Join(credDir, "cert-chain.pem"), filepath.Join(credDir, "key.pem"))
+			conn, err := cpconn.Dial(cpAddr, credDir, trustDomain)
 			if err != nil {
-				return fmt.Errorf("node credential: %w", err)
-			}
-			rootPEM, err := os.ReadFile(filepath.Join(credDir, "root-cert.pem"))
-			if err != nil {
-				return fmt.Errorf("control plane root: %w", err)
-			}
-			roots, err := identity.ParseBundle(rootPEM)
-			if err != nil {
-				return fmt.Errorf("control plane root: %w", err)
-			}
-			tlsConf := identity.ClientTLSConfig(func() (*tls.Certificate, error) { return &cred, nil },
-				func() *identity.Bundle { return roots }, []identity.SPIFFE{identity.ControlPlane(trustDomain)}, nil)
-			conn, err := grpc.NewClient(cpAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
-			if err != nil {
-				return fmt.Errorf("control plane %s: %w", cpAddr, err)
+				return err
 			}
 			defer conn.Close()
 			ctx := cmd.Context()
