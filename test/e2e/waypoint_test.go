@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -703,6 +704,41 @@ func TestWaypoint(t *testing.T) {
 			`request_protocol="grpc"`, "istio_request_duration_milliseconds_bucket{", "istio_request_bytes_count{", "istio_response_bytes_sum{"} {
 			if !strings.Contains(m, want) {
 				t.Errorf("metrics lack %s", want)
+			}
+		}
+	})
+
+	// Last, as it restarts the waypoint: killed or stopped under traffic,
+	// nothing goes around it, and it comes back.
+	t.Run("the waypoint killed or stopped under traffic: refused, never bypassed, then back", func(t *testing.T) {
+		for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+			old := podPID(t, stateDir, "shop", "waypoint")
+			if old == 0 {
+				t.Fatal("no waypoint pid")
+			}
+			if err := syscall.Kill(old, sig); err != nil {
+				t.Fatal(err)
+			}
+			ok, failed := 0, 0
+			deadline := time.Now().Add(30 * time.Second)
+			for time.Now().Before(deadline) {
+				r, err := c.do("GET", echoURL+"/rewrite/x", nil)
+				switch {
+				case err != nil || r.code >= 500:
+					failed++
+				case r.echo == nil || r.echo.URL != "/rewritten/x":
+					t.Fatalf("%v: a request went around the waypoint: %+v", sig, r)
+				default:
+					ok++
+				}
+				if pid := podPID(t, stateDir, "shop", "waypoint"); pid != 0 && pid != old && ok >= 5 {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			t.Logf("%v: %d requests refused while the waypoint was down, %d served through it", sig, failed, ok)
+			if ok < 5 {
+				t.Fatalf("%v: the waypoint did not come back within 30s", sig)
 			}
 		}
 	})
