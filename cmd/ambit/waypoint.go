@@ -49,6 +49,9 @@ func newWaypointCmd(run *cobra.Command) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if _, err := findNamespace(st.ConfigDir, ns); err != nil {
+				return err // as an API server refuses objects in a namespace that does not exist
+			}
 			path := waypointFile(st.ConfigDir, ns, name)
 			if err := writeFileAtomic(path, waypointGateway(ns, name, forWhat)); err != nil {
 				return err
@@ -256,6 +259,23 @@ func writeFileAtomic(path string, data []byte) error {
 // configDir defines it, editing only that document (comments and the
 // other documents are kept).
 func labelNamespace(configDir, ns, key, value string) (string, error) {
+	f, err := findNamespace(configDir, ns)
+	if err != nil {
+		return "", err
+	}
+	data, err := os.ReadFile(f)
+	if err != nil {
+		return "", err
+	}
+	out, _, err := setNamespaceLabel(data, ns, key, value)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", f, err)
+	}
+	return f, writeFileAtomic(f, out)
+}
+
+// findNamespace returns the file of configDir that defines Namespace ns.
+func findNamespace(configDir, ns string) (string, error) {
 	files, err := filepath.Glob(filepath.Join(configDir, "*.yaml"))
 	if err != nil {
 		return "", err
@@ -266,15 +286,11 @@ func labelNamespace(configDir, ns, key, value string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		out, found, err := setNamespaceLabel(data, ns, key, value)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", f, err)
-		}
-		if found {
-			return f, writeFileAtomic(f, out)
+		if _, found, err := setNamespaceLabel(data, ns, "", ""); err == nil && found {
+			return f, nil
 		}
 	}
-	return "", fmt.Errorf("no Namespace %s in %s: add one (local mode creates namespaces from manifests)", ns, configDir)
+	return "", fmt.Errorf("no Namespace %s in %s: add its manifest first (local mode creates namespaces from manifests)", ns, configDir)
 }
 
 // setNamespaceLabel edits the YAML stream data: the Namespace document

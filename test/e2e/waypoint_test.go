@@ -663,6 +663,9 @@ func TestWaypoint(t *testing.T) {
 		if out, err := ambit(t, 10*time.Second, "waypoint", "apply", "--state-dir", stateDir, "-n", "shop", "--for", "everything"); err == nil || !strings.Contains(out, "want service, workload, all or none") {
 			t.Errorf("apply --for everything: %v %s", err, out)
 		}
+		if out, err := ambit(t, 10*time.Second, "waypoint", "apply", "--state-dir", stateDir, "-n", "nosuch"); err == nil || !strings.Contains(out, "no Namespace nosuch") {
+			t.Errorf("apply into a namespace that does not exist: %v %s", err, out)
+		}
 		mustAmbit(t, 10*time.Second, "waypoint", "delete", "--state-dir", stateDir, "-n", "shop", "--name", "wp2")
 		waitFor(t, 30*time.Second, "wp2 gone", func() bool {
 			out := mustAmbit(t, 10*time.Second, "waypoint", "list", "--state-dir", stateDir, "-n", "shop")
