@@ -10,7 +10,7 @@ CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge \
                github.com/containernetworking/plugins/plugins/main/loopback
 UNIT_PKGS = $$(go list ./... | grep -v /test/e2e)
 
-.PHONY: deps build demo test vet test-unit test-fuzz test-e2e test-interop bench bench-tools clean
+.PHONY: deps build demo test vet k8s-bins test-unit test-fuzz test-e2e test-interop bench bench-tools clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -30,8 +30,13 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files -co --exclude-standard '*.go'); exit 1; }
 	go vet ./...
 
+## k8s-bins: etcd, kube-apiserver and kube-controller-manager built from the Go module proxy, cached under $$HOME/.cache/k8s-testbins
+k8s-bins:
+	@COMPONENTS="kube-apiserver kube-controller-manager" ./hack/k8s-testbins.sh
+
+# Unit tests include the envtest tier (internal/kubetest: a real etcd and kube-apiserver).
 test-unit:
-	go test -count=1 -timeout 10m $(UNIT_PKGS)
+	AMBIT_K8S_BIN_DIR=$$(COMPONENTS="kube-apiserver kube-controller-manager" ./hack/k8s-testbins.sh) go test -count=1 -timeout 15m $(UNIT_PKGS)
 
 test-fuzz:
 	FUZZTIME=$${FUZZTIME:-10s} ./scripts/fuzz-smoke.sh
