@@ -255,7 +255,9 @@ func (s *stream) waitReadableLocked() error {
 		if !wait {
 			return err
 		}
-		s.cond.Wait()
+		if s.armLocked(s.rdeadline, &s.rtimer) {
+			s.cond.Wait()
+		}
 	}
 }
 
@@ -331,13 +333,17 @@ func (s *stream) waitWritableOutLocked() error {
 		if s.sinkErr != nil {
 			return s.sinkErr
 		}
-		if !s.reading {
-			wait, err := s.readableLocked()
-			if !wait {
-				return err
-			}
+		if s.reading {
+			s.cond.Wait() // for the delivery in flight to end
+			continue
 		}
-		s.cond.Wait()
+		wait, err := s.readableLocked()
+		if !wait {
+			return err
+		}
+		if s.armLocked(s.rdeadline, &s.rtimer) {
+			s.cond.Wait()
+		}
 	}
 }
 
@@ -437,7 +443,9 @@ func (s *stream) awaitSendCredit(want int) (int, error) {
 		if c.sendWindow <= 0 {
 			c.connWaiters[s] = struct{}{}
 		}
-		s.cond.Wait()
+		if s.armLocked(s.wdeadline, &s.wtimer) {
+			s.cond.Wait()
+		}
 	}
 }
 
@@ -623,27 +631,44 @@ func (s *stream) Close() error {
 	return nil
 }
 
+// setDeadline records a deadline. The timer that wakes waiters is armed
+// lazily, only when a read or write must actually wait (armLocked): the
+// common case, a deadline set and cleared around a read that finds data
+// buffered (net/http does this per request), touches no timer at all.
 func (s *stream) setDeadline(t time.Time, which *time.Time, timer **time.Timer) {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if t.Equal(*which) {
+		return
+	}
 	*which = t
 	if *timer != nil {
 		(*timer).Stop()
 		*timer = nil
 	}
-	if t.IsZero() {
-		return
-	}
-	if d := time.Until(t); d > 0 {
-		*timer = time.AfterFunc(d, func() {
-			c.mu.Lock()
-			s.cond.Broadcast()
-			c.mu.Unlock()
-		})
-		return
-	}
+	// Waiters re-check: the new deadline may have passed, or they must arm
+	// a timer for it.
 	s.cond.Broadcast()
+}
+
+// armLocked makes sure a waiter with deadline set is woken when it passes;
+// it reports false when the deadline has already passed (do not wait).
+func (s *stream) armLocked(deadline time.Time, timer **time.Timer) bool {
+	if deadline.IsZero() || *timer != nil {
+		return true
+	}
+	d := time.Until(deadline)
+	if d <= 0 {
+		return false
+	}
+	c := s.c
+	*timer = time.AfterFunc(d, func() {
+		c.mu.Lock()
+		s.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	return true
 }
 
 func (s *stream) SetReadDeadline(t time.Time) error {
