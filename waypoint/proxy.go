@@ -158,7 +158,9 @@ func (w *Waypoint) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 			req.Body = io.NopCloser(bytes.NewReader(b))
 		}
 	}
-	out := req.Clone(context.WithValue(ctx, planKey{}, p))
+	// The request is the server's, ours to change: the reverse proxy makes
+	// the one copy that goes out.
+	out := req.WithContext(context.WithValue(ctx, planKey{}, p))
 	dec.RequestHeaders.ApplyRequest(out.Header)
 	if dec.PathRewrite != "" {
 		path, query, hasQuery := strings.Cut(dec.PathRewrite, "?")
@@ -231,7 +233,13 @@ func (a attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 			wl = a.w.cfg.Index.WorkloadByIP(addr.Addr())
 		}
 		p.rec.upstream, p.rec.dstWL = addr.String(), wl
-		r := req.Clone(req.Context())
+		// The first attempt sends the proxy's own outgoing request; a
+		// retry needs a fresh copy, as the transport may still hold the
+		// last one.
+		r := req
+		if attempt > 1 {
+			r = req.Clone(req.Context())
+		}
 		r.URL.Host = addr.String()
 		if p.body != nil {
 			r.Body = io.NopCloser(bytes.NewReader(p.body))
