@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"istio.io/istio/pkg/workloadapi"
@@ -38,6 +39,8 @@ type plan struct {
 	perTry   time.Duration
 	retry    *router.RetryPolicy
 	body     []byte // kept for retries, nil when not
+
+	respHeaders router.HeaderOps // the route's response header changes
 }
 
 type planKey struct{}
@@ -175,17 +178,30 @@ func (w *Waypoint) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 	for _, m := range dec.Mirrors {
 		w.mirror(out, m, p)
 	}
-	rp := &httputil.ReverseProxy{
+	p.respHeaders = dec.ResponseHeaders
+	w.rp.ServeHTTP(cw, out)
+	if g := cw.Header().Get("Grpc-Status"); g != "" {
+		rec.grpc = g
+	}
+}
+
+// newReverseProxy returns the waypoint's one reverse proxy: what it does
+// per request comes from the request's plan.
+func newReverseProxy(w *Waypoint) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
 		Rewrite:       func(pr *httputil.ProxyRequest) { pr.Out.URL.Scheme = "http" },
 		Transport:     attempts{w},
 		FlushInterval: -1,
+		BufferPool:    newCopyBuffers(),
 		ModifyResponse: func(resp *http.Response) error {
-			dec.ResponseHeaders.ApplyResponse(resp.Header)
-			rec.code = resp.StatusCode
-			rec.grpc = resp.Header.Get("Grpc-Status")
+			p := planOf(resp.Request)
+			p.respHeaders.ApplyResponse(resp.Header)
+			p.rec.code = resp.StatusCode
+			p.rec.grpc = resp.Header.Get("Grpc-Status")
 			return nil
 		},
 		ErrorHandler: func(rw http.ResponseWriter, r *http.Request, err error) {
+			rec := planOf(r).rec
 			rec.err = err.Error()
 			switch {
 			case errors.Is(err, context.DeadlineExceeded):
@@ -198,13 +214,28 @@ func (w *Waypoint) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 				writeLocal(rw, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers: "+err.Error())
 			}
 		},
-		ErrorLog: nil,
-	}
-	rp.ServeHTTP(cw, out)
-	if g := cw.Header().Get("Grpc-Status"); g != "" {
-		rec.grpc = g
 	}
 }
+
+// planOf returns a proxied request's plan (serveHTTP puts one in every
+// request it hands the reverse proxy).
+func planOf(r *http.Request) *plan {
+	if p, _ := r.Context().Value(planKey{}).(*plan); p != nil {
+		return p
+	}
+	return &plan{rec: &record{}} // unreachable; keeps a mistake from panicking
+}
+
+// copyBuffers lends the reverse proxy its 32 KiB copy buffers, instead of
+// a new one per response.
+type copyBuffers struct{ pool sync.Pool }
+
+func newCopyBuffers() *copyBuffers {
+	return &copyBuffers{pool: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (c *copyBuffers) Get() []byte  { return *c.pool.Get().(*[]byte) }
+func (c *copyBuffers) Put(b []byte) { c.pool.Put(&b) }
 
 // attempts is the ReverseProxy's transport: it picks an endpoint per
 // attempt and retries as the route says.

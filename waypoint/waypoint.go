@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"sync"
 	"time"
 
@@ -55,6 +56,7 @@ type Waypoint struct {
 	hsrv  *hbone.Server
 	pool  *hbone.Pool
 	up    *upstream
+	rp    *httputil.ReverseProxy
 	http  *http.Server
 	conns *chanListener
 
@@ -105,6 +107,7 @@ func New(cfg Config) *Waypoint {
 		},
 	}
 	w.up = newUpstream(w)
+	w.rp = newReverseProxy(w)
 	w.hsrv = &hbone.Server{
 		TLSConfig: identity.ServerTLSConfig(certFunc, bundleFunc, cfg.TrustDomain, nil),
 		Handler:   hbone.HandlerFunc(w.serveTunnel),
