@@ -2,8 +2,8 @@
 // control plane: what an object is (the upstream Go types: k8s.io/api,
 // istio.io/client-go, sigs.k8s.io/gateway-api), how it is named (Key), what
 // happened to it (Event) and what a source does (Source). A source (the
-// file source, later a Kubernetes informer source, or a runtime reporting
-// pod status) depends on this package only; the controller consumes it.
+// file source, the Kubernetes informer source, or a runtime reporting pod
+// status) depends on this package only; the controller consumes it.
 package config
 
 import (
@@ -13,6 +13,7 @@ import (
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -37,6 +38,10 @@ const (
 	KindHTTPRoute           = "HTTPRoute"
 	KindGRPCRoute           = "GRPCRoute"
 	KindTCPRoute            = "TCPRoute"
+	// Nodes and EndpointSlices come only from a Kubernetes API server (the
+	// file source has no such kinds).
+	KindNode          = "Node"
+	KindEndpointSlice = "EndpointSlice"
 )
 
 // Key identifies an object: its kind, namespace (empty for cluster-scoped
@@ -93,6 +98,10 @@ func KindOf(o Object) string {
 		return KindGRPCRoute
 	case *gatewayv1.TCPRoute:
 		return KindTCPRoute
+	case *corev1.Node:
+		return KindNode
+	case *discoveryv1.EndpointSlice:
+		return KindEndpointSlice
 	}
 	return ""
 }

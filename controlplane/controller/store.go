@@ -10,6 +10,7 @@ import (
 
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/controlplane/config"
@@ -193,4 +194,13 @@ func (s *Store) TCPRoutes() []*gatewayv1.TCPRoute {
 // GRPCRoutes returns the GRPCRoutes (stored for waypoints).
 func (s *Store) GRPCRoutes() []*gatewayv1.GRPCRoute {
 	return ofKind[*gatewayv1.GRPCRoute](s, config.KindGRPCRoute)
+}
+
+// Nodes returns the Nodes, sorted by name (Kubernetes source only).
+func (s *Store) Nodes() []*corev1.Node { return ofKind[*corev1.Node](s, config.KindNode) }
+
+// EndpointSlices returns the EndpointSlices, sorted by namespace and name
+// (Kubernetes source only).
+func (s *Store) EndpointSlices() []*discoveryv1.EndpointSlice {
+	return ofKind[*discoveryv1.EndpointSlice](s, config.KindEndpointSlice)
 }

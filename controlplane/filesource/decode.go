@@ -261,6 +261,7 @@ func (d *decoder) decodeDocument(file string, root *yaml.Node) (_ Object, nameLi
 	if len(w.errs) > 0 {
 		return nil, 0, w.errs
 	}
+	applyDefaults(obj)
 	return obj, w.lineOf("metadata.name"), nil
 }
 

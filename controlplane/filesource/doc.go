@@ -24,7 +24,10 @@
 // Pods may carry a status (status.podIP, status.phase, validated) and
 // spec.nodeName: what a kubelet would report, for a control plane that runs
 // without one (`ambit controlplane --config DIR`). Services may carry
-// spec.clusterIP for the same reason.
+// spec.clusterIP for the same reason. Where the model reads a field an API
+// server defaults, the loader defaults it the same way (a Service port's
+// protocol is TCP, its targetPort its port), so that one manifest means the
+// same here and on a cluster.
 //
 // Source implements config.Source (and config.Syncer): its events are the
 // neutral config.Event values (Event, Key and Object here are aliases). In

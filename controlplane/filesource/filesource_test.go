@@ -240,6 +240,30 @@ func TestDefaultNamespace(t *testing.T) {
 	}
 }
 
+// TestServicePortDefaults: what an API server defaults and the model
+// reads is defaulted the same way here.
+func TestServicePortDefaults(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "s.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: demo}\nspec:\n  ports:\n  - {name: a, port: 80}\n  - {name: b, port: 81, targetPort: http, protocol: UDP}\n  - {name: c, port: 82, targetPort: 8082}\n")
+	s, err := LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcs := s.Services()
+	if len(svcs) != 1 {
+		t.Fatalf("%d services", len(svcs))
+	}
+	for i, want := range []struct {
+		protocol corev1.Protocol
+		target   string
+	}{{corev1.ProtocolTCP, "80"}, {corev1.ProtocolUDP, "http"}, {corev1.ProtocolTCP, "8082"}} {
+		p := svcs[0].Spec.Ports[i]
+		if p.Protocol != want.protocol || p.TargetPort.String() != want.target {
+			t.Errorf("port %s: protocol %q targetPort %s, want %q %s", p.Name, p.Protocol, p.TargetPort.String(), want.protocol, want.target)
+		}
+	}
+}
+
 // TestLoadBad checks that each kind of bad input is refused with one error
 // whose text (after the directory) is exactly, or starts with, want; and
 // that it does not stop another file from loading.
