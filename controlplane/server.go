@@ -43,6 +43,20 @@ type Options struct {
 	// (for the metrics endpoint).
 	ConfigErrors func() int
 	Logger       *slog.Logger
+
+	// Kubernetes mode (all optional; local mode leaves them unset).
+	// Tokens authenticates bearer tokens for the CA and xDS
+	// (kubeauth.Authenticator); nil accepts client certificates only.
+	Tokens ca.TokenAuthenticator
+	// TrustedNodeAccounts may impersonate the pods of their node (see
+	// ca.Options; nil: istio-system/ztunnel).
+	TrustedNodeAccounts []string
+	// Pods, if set, replaces the controller's store as the CA's pod index
+	// (kubeauth.Pods).
+	Pods ca.PodIndex
+	// ServingDNSNames are the DNS names in the serving certificate, which
+	// proxies verify (nil: ca.DefaultServingDNSNames).
+	ServingDNSNames []string
 }
 
 // ControlPlane is the whole control plane of one mesh.
@@ -73,21 +87,26 @@ func New(ctx context.Context, o Options) (*ControlPlane, error) {
 	cp.Controller = controller.New(controller.Options{Publisher: cp.XDS, Sources: o.Sources, OnWarnings: o.OnWarnings, OnStatus: o.OnStatus,
 		Logger: o.Logger.With("component", "controller")})
 	store := cp.Controller.Store()
+	var pods ca.PodIndex = PodIndex{Snapshot: func() PodLister { return store }}
+	if o.Pods != nil {
+		pods = o.Pods
+	}
 	caSrv, err := ca.NewServer(o.Authority, ca.Options{TrustDomain: o.TrustDomain, DefaultTTL: o.DefaultTTL, MaxTTL: o.MaxTTL,
-		ExtraRoots: o.ExtraRoots, Logger: o.Logger.With("component", "ca"),
-		Pods: PodIndex{Snapshot: func() PodLister { return store }}})
+		ExtraRoots: o.ExtraRoots, Logger: o.Logger.With("component", "ca"), Pods: pods,
+		Tokens: o.Tokens, TrustedNodeAccounts: o.TrustedNodeAccounts})
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
 	cp.CA = caSrv
-	serving := ca.ServingCertificate(o.Authority, o.TrustDomain, o.ServingCertTTL, nil)
+	serving := ca.ServingCertificate(o.Authority, o.TrustDomain, o.ServingCertTTL, nil, o.ServingDNSNames...)
 	if _, err := serving(); err != nil {
 		return nil, fmt.Errorf("controlplane: serving certificate: %w", err)
 	}
-	// Only node proxies may watch discovery; the CA checks its callers
-	// itself. Requests are small (CSRs of at most 16 KiB, xDS acks).
+	// Only node proxies (node credential) and service-account tokens may
+	// watch discovery; the CA checks its callers itself. Requests are
+	// small (CSRs of at most 16 KiB, xDS acks).
 	cp.grpc = grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.ServingTLSConfig(serving))),
-		grpc.StreamInterceptor(xds.StreamAuth(caSrv)), grpc.MaxRecvMsgSize(1<<20))
+		grpc.StreamInterceptor(xds.StreamAuthIdentity(caSrv)), grpc.MaxRecvMsgSize(1<<20))
 	caSrv.Register(cp.grpc)
 	cp.XDS.Register(cp.grpc)
 	cp.registry = newRegistry(cp, o.ConfigErrors)

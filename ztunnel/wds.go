@@ -3,6 +3,7 @@ package ztunnel
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
 )
@@ -29,7 +31,10 @@ type WDSClient struct {
 	Conn   grpc.ClientConnInterface
 	Index  *Index
 	NodeID string
-	Logger *slog.Logger
+	// Metadata is the node metadata sent with the first request of each
+	// type (Istio's NAMESPACE, NODE_NAME, CLUSTER_ID, ...); may be nil.
+	Metadata *structpb.Struct
+	Logger   *slog.Logger
 	// Extra subscribes to more resource types on the same stream (a
 	// waypoint's routes and policies), by type URL. Each handler gets a
 	// response's resources and removed names; full is true for a stream's
@@ -77,13 +82,18 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("opening delta ADS: %w", err)
 	}
-	node := &corev3.Node{Id: c.NodeID}
+	node := &corev3.Node{Id: c.NodeID, Metadata: c.Metadata}
 	types := []string{addressType, authorizationType}
 	for typ := range c.Extra {
 		types = append(types, typ)
 	}
 	for _, typ := range types {
 		if err := st.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: typ, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+			if err == io.EOF {
+				// The server ended the stream (e.g. refused our
+				// credentials): its status says why.
+				_, err = st.Recv()
+			}
 			return false, fmt.Errorf("subscribing to %s: %w", typ, err)
 		}
 	}

@@ -12,11 +12,20 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/ambit-mesh/ambit/controlplane"
 	"github.com/ambit-mesh/ambit/controlplane/ca"
 	"github.com/ambit-mesh/ambit/controlplane/config"
+	"github.com/ambit-mesh/ambit/controlplane/controller"
 	"github.com/ambit-mesh/ambit/controlplane/filesource"
+	"github.com/ambit-mesh/ambit/controlplane/kubeauth"
+	"github.com/ambit-mesh/ambit/controlplane/kubesource"
+	"github.com/ambit-mesh/ambit/controlplane/kubestatus"
+	"github.com/ambit-mesh/ambit/controlplane/rootcert"
 	"github.com/ambit-mesh/ambit/identity"
 )
 
@@ -27,10 +36,11 @@ const servingCertTTL = 30 * 24 * time.Hour
 func newControlPlaneCmd() *cobra.Command {
 	var (
 		addr, httpAddr, trustDomain, stateDir, configDir, rootCert, rootKey, extraRoots string
-		defaultTTL, maxTTL                                                              time.Duration
+		kubeconfig, namespace, clusterID, trustedNodeAccounts                           string
+		defaultTTL, maxTTL, tokenCacheTTL                                               time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "controlplane --config DIR",
+		Use:   "controlplane --config DIR | --kubeconfig PATH",
 		Short: "Run the control plane: config controller, delta xDS (workloads, services, policies) and the CA on one TLS gRPC port",
 		Long: `Run the whole control plane: the manifests of --config (watched as they
 change) go into the controller's store, which builds the ambient model and
@@ -43,7 +53,20 @@ spec.nodeName, status.podIP and status.phase (Running), and the annotation
 ambient.istio.io/redirection: enabled once their traffic is captured.
 Services need spec.clusterIP for a VIP.
 
-Callers authenticate with a client certificate from this CA. A workload
+With --kubeconfig (or, without --config, in a pod: the in-cluster
+configuration) the control plane watches that Kubernetes API server
+instead, and writes waypoint Gateway and route status back while it holds
+the status Lease in --namespace: several replicas may run, all serve xDS,
+one writes status.
+
+On Kubernetes, proxies authenticate as Istio's do: a projected
+service-account token (audience istio-ca) as "authorization: Bearer",
+checked with TokenReview. A pod-bound token of a --trusted-node-accounts
+service account (ztunnel) may ask for the identities of pods on its own
+node; any other token gets its own identity only. The root is published as
+ConfigMap istio-ca-root-cert in every namespace.
+
+Callers may also authenticate with a client certificate from this CA. A workload
 certificate renews its own identity only. A node-proxy credential (minted
 with "ambit controlplane node-credential", or by "ambit local" per node)
 may watch discovery, and may ask, through the ImpersonatedIdentity
@@ -59,11 +82,9 @@ of roots still trusted during a root rotation.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			if configDir == "" {
-				return errors.New("--config is required: the directory of manifests the control plane serves")
-			}
-			if fi, err := os.Stat(configDir); err != nil || !fi.IsDir() {
-				return fmt.Errorf("--config %s: not a readable directory", configDir)
+			cfg, err := configSource(configDir, kubeconfig, namespace, log)
+			if err != nil {
+				return err
 			}
 			auth, err := loadAuthority(stateDir, rootCert, rootKey, trustDomain, log)
 			if err != nil {
@@ -81,18 +102,70 @@ of roots still trusted during a root rotation.`,
 				}
 				extra = b.Roots()
 			}
-			src := filesource.New(configDir, log)
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
-			cp, err := controlplane.New(ctx, controlplane.Options{
+			var cp *controlplane.ControlPlane
+			if cfg.status != nil {
+				cfg.status.SetObjects(kubestatus.GetterFunc(func(k config.Key) (config.Object, bool) { return cp.Controller.Store().Get(k) }))
+			}
+			opts := controlplane.Options{
 				Authority: auth, TrustDomain: trustDomain, DefaultTTL: defaultTTL, MaxTTL: maxTTL, ExtraRoots: extra,
-				ServingCertTTL: servingCertTTL, Sources: []config.Source{src}, Logger: log,
-				ConfigErrors: func() int { return len(src.Errors()) },
-			})
+				ServingCertTTL: servingCertTTL, Sources: []config.Source{cfg.source}, Logger: log,
+				ConfigErrors: cfg.errors, OnStatus: cfg.onStatus,
+			}
+			var cs kubernetes.Interface
+			if cfg.rc != nil {
+				// On Kubernetes, proxies authenticate with their
+				// service-account tokens (TokenReview), as with istiod.
+				if cs, err = kubernetes.NewForConfig(cfg.rc); err != nil {
+					return err
+				}
+				accounts, err := ca.ParseNodeAccounts(trustedNodeAccounts)
+				if err != nil {
+					return fmt.Errorf("--trusted-node-accounts: %w", err)
+				}
+				pods, err := kubeauth.NewPods(cs)
+				if err != nil {
+					return err
+				}
+				if err := pods.Start(ctx); err != nil {
+					return err
+				}
+				tokens, err := kubeauth.New(kubeauth.Options{Client: cs, ClusterID: clusterID, Pods: pods, CacheTTL: tokenCacheTTL, Logger: log.With("component", "kubeauth")})
+				if err != nil {
+					return err
+				}
+				opts.Tokens, opts.Pods, opts.TrustedNodeAccounts = tokens, pods, accounts
+			}
+			cp, err = controlplane.New(ctx, opts)
 			if err != nil {
 				return err
 			}
-			return serveControlPlane(ctx, cp, addr, httpAddr, log)
+			if cs != nil {
+				pub, err := rootcert.New(cs, cp.CA.Bundle().PEM(), log.With("component", "rootcert"))
+				if err != nil {
+					return err
+				}
+				go func() {
+					if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
+						log.Error("root certificate publisher stopped", "err", err)
+					}
+				}()
+			}
+			if cfg.status == nil {
+				return serveControlPlane(ctx, cp, addr, httpAddr, log)
+			}
+			statusDone := make(chan struct{})
+			go func() {
+				defer close(statusDone)
+				if err := cfg.status.Run(ctx); err != nil {
+					log.Error("status writer stopped", "err", err)
+				}
+			}()
+			err = serveControlPlane(ctx, cp, addr, httpAddr, log)
+			cancel()
+			<-statusDone // releases the Lease
+			return err
 		},
 	}
 	f, pf := cmd.Flags(), cmd.PersistentFlags()
@@ -101,15 +174,69 @@ of roots still trusted during a root rotation.`,
 	pf.StringVar(&trustDomain, "trust-domain", identity.DefaultTrustDomain, "SPIFFE trust domain")
 	pf.StringVar(&stateDir, "state-dir", "/var/lib/ambit/ca", "where the generated root is persisted")
 	f.StringVar(&configDir, "config", "", "directory of manifests (watched)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the Kubernetes API server to watch (instead of --config; in a pod, the in-cluster configuration is the default)")
+	f.StringVar(&namespace, "namespace", "", "the control plane's namespace, holding the status Lease (default $POD_NAMESPACE, else istio-system)")
 	f.StringVar(&configDir, "config-dir", "", "old name of --config")
 	_ = f.MarkHidden("config-dir")
 	pf.StringVar(&rootCert, "root-cert", "", "CA certificate file (PEM, ending with the root); with --root-key, instead of a generated root")
 	pf.StringVar(&rootKey, "root-key", "", "CA key file (PEM)")
 	f.StringVar(&extraRoots, "extra-roots", "", "PEM file of further roots to trust and publish (root rotation)")
 	f.DurationVar(&defaultTTL, "default-ttl", 24*time.Hour, "lifetime of issued workload certificates")
+	f.StringVar(&clusterID, "cluster-id", envOr("CLUSTER_ID", kubeauth.DefaultClusterID), "this cluster's id (Kubernetes): a caller's clusterid header must match it to impersonate")
+	f.StringVar(&trustedNodeAccounts, "trusted-node-accounts", "istio-system/ztunnel", "comma-separated namespace/service-account list whose pod-bound tokens may ask for the identities of pods on their node (istiod's CA_TRUSTED_NODE_ACCOUNTS)")
+	f.DurationVar(&tokenCacheTTL, "token-cache-ttl", time.Minute, "how long a successful TokenReview is reused, never past the token's expiry; negative: no cache")
 	f.DurationVar(&maxTTL, "max-ttl", 90*24*time.Hour, "longest lifetime a request may ask for (longer ones are capped)")
 	cmd.AddCommand(newNodeCredentialCmd(&stateDir, &rootCert, &rootKey, &trustDomain))
 	return cmd
+}
+
+// sourceConfig is where the control plane's config comes from.
+type sourceConfig struct {
+	source   config.Source
+	rc       *rest.Config            // the API server (Kubernetes), else nil
+	errors   func() int              // rejected config files (file source)
+	status   *kubestatus.Writer      // status write-back (Kubernetes)
+	onStatus func(controller.Status) // status.OnStatus
+}
+
+// configSource picks the config source: the manifest directory of
+// --config, else the API server of --kubeconfig, else (in a pod) the
+// in-cluster one.
+func configSource(configDir, kubeconfig, namespace string, log *slog.Logger) (*sourceConfig, error) {
+	if configDir != "" {
+		if kubeconfig != "" {
+			return nil, errors.New("--config and --kubeconfig exclude each other")
+		}
+		if fi, err := os.Stat(configDir); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--config %s: not a readable directory", configDir)
+		}
+		src := filesource.New(configDir, log)
+		return &sourceConfig{source: src, errors: func() int { return len(src.Errors()) }}, nil
+	}
+	var rc *rest.Config
+	var err error
+	switch {
+	case kubeconfig != "":
+		if rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
+		}
+	default:
+		if rc, err = rest.InClusterConfig(); err != nil {
+			return nil, errors.New("--config DIR or --kubeconfig PATH is required (the in-cluster configuration works only in a pod)")
+		}
+	}
+	// client-go logs through klog: send it to the same handler.
+	klog.SetSlogLogger(log.With("component", "client-go"))
+	src, err := kubesource.New(rc, kubesource.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	sw, err := kubestatus.New(rc, kubestatus.Options{Logger: log, Namespace: namespace})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("watching the Kubernetes API", "server", rc.Host, "statusLease", sw.Lease(), "identity", sw.Identity())
+	return &sourceConfig{source: src, rc: rc, status: sw, onStatus: sw.OnStatus}, nil
 }
 
 // serveControlPlane runs the controller and serves gRPC (and HTTP) until
@@ -204,4 +331,12 @@ root-cert.pem into --out.`,
 	_ = cmd.MarkFlagRequired("node")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
+}
+
+// envOr returns the environment variable key, or def when it is unset or empty.
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }

@@ -10,6 +10,15 @@
 //     ImpersonatedIdentity metadata key, the identity of any service account
 //     that has a non-terminated pod on that node, and nothing else.
 //
+// or, when the CA has a TokenAuthenticator (Kubernetes mode, as istiod),
+// with a service-account token in "authorization: Bearer <token>"
+// (audience istio-ca; a token takes precedence over a client certificate):
+//   - the token's service account gets its own identity;
+//   - a trusted node account (Options.TrustedNodeAccounts, istiod's
+//     CA_TRUSTED_NODE_ACCOUNTS, default istio-system/ztunnel) whose token
+//     is bound to a pod that still exists may impersonate the identity of
+//     any service account with a non-terminated pod on that pod's node.
+//
 // A node-proxy credential (IssueNodeCredential) is a certificate for
 // spiffe://<td>/ns/istio-system/sa/ztunnel that also carries a private
 // extension whose value is the node name. Only the CA's key can produce a
@@ -29,6 +38,7 @@ package ca
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -36,6 +46,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -82,8 +94,16 @@ type Options struct {
 	// rotation: callers holding certificates from them are accepted, and
 	// they are published with the signing root at the end of every chain.
 	ExtraRoots []*x509.Certificate
-	Logger     *slog.Logger
-	Now        func() time.Time
+	// Tokens, if set, authenticates callers presenting a bearer token
+	// (kubeauth.Authenticator: TokenReview against the API server). Nil:
+	// only client certificates are accepted.
+	Tokens TokenAuthenticator
+	// TrustedNodeAccounts are the service accounts ("namespace/name") whose
+	// tokens may impersonate the pods of their node. Nil means
+	// DefaultTrustedNodeAccounts; an empty, non-nil list trusts none.
+	TrustedNodeAccounts []string
+	Logger              *slog.Logger
+	Now                 func() time.Time
 }
 
 // Server is the CA service.
@@ -93,6 +113,7 @@ type Server struct {
 	opts     Options
 	bundle   *identity.Bundle // signing root first, then ExtraRoots
 	rootsPEM string           // bundle in PEM: the last element of every response
+	trusted  map[string]bool  // TrustedNodeAccounts, "ns/sa"
 }
 
 // NewServer returns a CA service signing with auth.
@@ -125,7 +146,17 @@ func NewServer(auth *identity.Authority, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: roots: %w", err)
 	}
-	return &Server{auth: auth, opts: o, bundle: bundle, rootsPEM: string(bundle.PEM())}, nil
+	if o.TrustedNodeAccounts == nil {
+		o.TrustedNodeAccounts = DefaultTrustedNodeAccounts()
+	}
+	trusted := map[string]bool{}
+	for _, a := range o.TrustedNodeAccounts {
+		if err := validateNodeAccount(a); err != nil {
+			return nil, fmt.Errorf("ca: trusted node account: %w", err)
+		}
+		trusted[a] = true
+	}
+	return &Server{auth: auth, opts: o, bundle: bundle, rootsPEM: string(bundle.PEM()), trusted: trusted}, nil
 }
 
 // Register adds the service to a gRPC server.
@@ -136,11 +167,41 @@ func (s *Server) Bundle() *identity.Bundle { return s.bundle }
 
 // caller is an authenticated client.
 type caller struct {
-	id   identity.SPIFFE
-	node string // set for node-proxy credentials
+	id    identity.SPIFFE
+	node  string       // set for node-proxy credentials
+	token *TokenCaller // set for callers authenticated by a bearer token
+}
+
+// describe names the caller in logs: its identity, and how it proved it.
+func (c *caller) describe() string {
+	switch {
+	case c.token != nil && c.token.PodName != "":
+		return c.id.String() + " (token of pod " + c.token.Namespace + "/" + c.token.PodName + ")"
+	case c.token != nil:
+		return c.id.String() + " (token)"
+	case c.node != "":
+		return c.id.String() + " (node credential of " + c.node + ")"
+	}
+	return c.id.String()
 }
 
 func (s *Server) authenticate(ctx context.Context) (*caller, error) {
+	token, clusterID, err := bearerToken(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if token != "" && s.opts.Tokens != nil {
+		return s.authenticateToken(ctx, token, clusterID)
+	}
+	c, err := s.authenticateCert(ctx)
+	if err != nil && token != "" && s.opts.Tokens == nil && status.Code(err) == codes.Unauthenticated && !hasClientCert(ctx) {
+		return nil, status.Error(codes.Unauthenticated, "a bearer token was presented, but this control plane does not review tokens (it runs without a Kubernetes API): present a node-proxy credential or workload certificate issued by this CA")
+	}
+	return c, err
+}
+
+// authenticateCert authenticates the caller by its TLS client certificate.
+func (s *Server) authenticateCert(ctx context.Context) (*caller, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no peer information")
@@ -183,18 +244,18 @@ func (s *Server) CreateCertificate(ctx context.Context, req *securityapi.IstioCe
 		s.opts.Logger.Warn("certificate refused", "reason", err)
 		return nil, err
 	}
-	grant, err := s.authorize(c, req)
+	grant, node, err := s.authorize(ctx, c, req)
 	if err != nil {
-		s.opts.Logger.Warn("certificate refused", "caller", c.id.String(), "node", c.node, "reason", err)
+		s.opts.Logger.Warn("certificate refused", "caller", c.describe(), "node", node, "reason", err)
 		return nil, err
 	}
 	csr, err := identity.ParseCSR([]byte(req.GetCsr()))
 	if err != nil {
-		s.opts.Logger.Warn("certificate refused", "caller", c.id.String(), "node", c.node, "reason", err)
+		s.opts.Logger.Warn("certificate refused", "caller", c.describe(), "node", node, "reason", err)
 		return nil, status.Errorf(codes.InvalidArgument, "bad CSR: %v", err)
 	}
 	if err := checkCSRSANs(csr, grant); err != nil {
-		s.opts.Logger.Warn("certificate refused", "caller", c.id.String(), "node", c.node, "reason", err)
+		s.opts.Logger.Warn("certificate refused", "caller", c.describe(), "node", node, "reason", err)
 		return nil, status.Errorf(codes.InvalidArgument, "CSR for %s: %v", grant, err)
 	}
 	ttl, err := s.ttl(req.GetValidityDuration())
@@ -213,7 +274,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *securityapi.IstioCe
 		resp.CertChain = append(resp.CertChain, string(identity.EncodeCerts(cert)))
 	}
 	resp.CertChain = append(resp.CertChain, s.rootsPEM)
-	s.opts.Logger.Info("certificate issued", "identity", grant.String(), "caller", c.id.String(), "node", c.node, "ttl", ttl, "notAfter", chain[0].NotAfter)
+	s.opts.Logger.Info("certificate issued", "identity", grant.String(), "caller", c.describe(), "node", node, "ttl", ttl, "notAfter", chain[0].NotAfter)
 	return resp, nil
 }
 
@@ -251,35 +312,52 @@ func (s *Server) ttl(seconds int64) (time.Duration, error) {
 	}
 }
 
-// authorize decides which identity the caller gets.
-func (s *Server) authorize(c *caller, req *securityapi.IstioCertificateRequest) (identity.SPIFFE, error) {
+// authorize decides which identity the caller gets, and the node on whose
+// behalf it acts ("" unless it impersonates).
+func (s *Server) authorize(ctx context.Context, c *caller, req *securityapi.IstioCertificateRequest) (identity.SPIFFE, string, error) {
 	imp := ""
 	if f := req.GetMetadata().GetFields()[ImpersonatedIdentityKey]; f != nil {
 		imp = f.GetStringValue()
 		if imp == "" {
-			return identity.SPIFFE{}, status.Errorf(codes.InvalidArgument, "metadata %s must be a non-empty string", ImpersonatedIdentityKey)
+			return identity.SPIFFE{}, c.node, status.Errorf(codes.InvalidArgument, "metadata %s must be a non-empty string", ImpersonatedIdentityKey)
 		}
 	}
 	if imp == "" {
-		return c.id, nil // renew one's own identity
+		return c.id, c.node, nil // renew one's own identity
 	}
 	want, err := identity.ParseSPIFFE(imp)
 	if err != nil {
-		return identity.SPIFFE{}, status.Errorf(codes.InvalidArgument, "%s: %v", ImpersonatedIdentityKey, err)
+		return identity.SPIFFE{}, c.node, status.Errorf(codes.InvalidArgument, "%s: %v", ImpersonatedIdentityKey, err)
 	}
 	if want == c.id {
-		return want, nil
+		return want, c.node, nil
 	}
-	if c.node == "" {
-		return identity.SPIFFE{}, status.Errorf(codes.PermissionDenied, "%s may not impersonate %s: impersonation needs a node-proxy credential", c.id, want)
+	node := c.node
+	switch {
+	case c.token != nil:
+		account := c.token.Namespace + "/" + c.token.ServiceAccount
+		if !s.trusted[account] {
+			return identity.SPIFFE{}, "", status.Errorf(codes.PermissionDenied, "%s may not impersonate %s: service account %s is not a trusted node account (trusted: %s)",
+				c.id, want, account, s.trustedList())
+		}
+		n, err := s.opts.Tokens.CallerNode(ctx, c.token)
+		if err != nil {
+			if _, ok := status.FromError(err); !ok {
+				err = status.Errorf(codes.PermissionDenied, "%s may not impersonate %s: %v", c.id, want, err)
+			}
+			return identity.SPIFFE{}, "", err
+		}
+		node = n
+	case c.node == "":
+		return identity.SPIFFE{}, "", status.Errorf(codes.PermissionDenied, "%s may not impersonate %s: impersonation needs a node-proxy credential", c.id, want)
 	}
 	if want.TrustDomain != s.opts.TrustDomain {
-		return identity.SPIFFE{}, status.Errorf(codes.PermissionDenied, "node %s may not impersonate %s: trust domain is not %q", c.node, want, s.opts.TrustDomain)
+		return identity.SPIFFE{}, node, status.Errorf(codes.PermissionDenied, "node %s may not impersonate %s: trust domain is not %q", node, want, s.opts.TrustDomain)
 	}
-	if !s.opts.Pods.HasPod(c.node, want.Namespace, want.ServiceAccount) {
-		return identity.SPIFFE{}, status.Errorf(codes.PermissionDenied, "node %s may not impersonate %s: no running pod with service account %s/%s on that node", c.node, want, want.Namespace, want.ServiceAccount)
+	if !s.opts.Pods.HasPod(node, want.Namespace, want.ServiceAccount) {
+		return identity.SPIFFE{}, node, status.Errorf(codes.PermissionDenied, "node %s may not impersonate %s: no running pod with service account %s/%s on that node", node, want, want.Namespace, want.ServiceAccount)
 	}
-	return want, nil
+	return want, node, nil
 }
 
 // IssueNodeCredential issues the node-proxy credential of node: a
@@ -327,13 +405,27 @@ func ServingTLSConfig(cert identity.CertFunc) *tls.Config {
 	}
 }
 
-// ServingCertificate returns the control plane's serving certificate
-// (identity.ControlPlane, issued by auth for ttl): made on first use and made
-// again once past half its life, so a long-running control plane never
-// serves an expired one. now may be nil (time.Now).
-func ServingCertificate(auth *identity.Authority, trustDomain string, ttl time.Duration, now func() time.Time) identity.CertFunc {
+// DefaultServingDNSNames are the DNS names of the control plane's serving
+// certificate: istiod's (istiod.istio-system.svc and its two legacy
+// aliases). Proxies verify the control plane by one of them against the
+// mesh root, as Istio's ztunnel verifies istiod.
+func DefaultServingDNSNames() []string {
+	return []string{"istiod.istio-system.svc", "istiod-remote.istio-system.svc", "istio-pilot.istio-system.svc"}
+}
+
+// ServingCertificate returns the control plane's serving certificate,
+// issued by auth for ttl: made on first use and made again once past half
+// its life, so a long-running control plane never serves an expired one.
+// It carries the SPIFFE id identity.ControlPlane (which Ambit's own
+// proxies once checked, and tests still may) and the DNS names dnsNames
+// (none given: DefaultServingDNSNames), which proxies verify as Istio's
+// ztunnel does. now may be nil (time.Now).
+func ServingCertificate(auth *identity.Authority, trustDomain string, ttl time.Duration, now func() time.Time, dnsNames ...string) identity.CertFunc {
 	if now == nil {
 		now = time.Now
+	}
+	if len(dnsNames) == 0 {
+		dnsNames = DefaultServingDNSNames()
 	}
 	var (
 		mu   sync.Mutex
@@ -347,7 +439,7 @@ func ServingCertificate(auth *identity.Authority, trustDomain string, ttl time.D
 		if cur != nil && t.Before(renw) {
 			return cur, nil
 		}
-		c, err := auth.IssueTLS(identity.ControlPlane(trustDomain), ttl, t, nil)
+		c, err := issueServing(auth, identity.ControlPlane(trustDomain), dnsNames, ttl, t)
 		if err != nil {
 			if cur != nil && t.Before(cur.Leaf.NotAfter) {
 				return cur, nil // keep serving the old one while it lasts
@@ -357,6 +449,58 @@ func ServingCertificate(auth *identity.Authority, trustDomain string, ttl time.D
 		cur, renw = c, c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)/2)
 		return cur, nil
 	}
+}
+
+// issueServing issues a server certificate for id that also carries
+// dnsNames. (Authority.Issue never puts DNS names in a certificate, and
+// CreateCertificate refuses CSRs that ask for any, so no workload can hold a
+// certificate for the control plane's names.)
+func issueServing(auth *identity.Authority, id identity.SPIFFE, dnsNames []string, ttl time.Duration, now time.Time) (*tls.Certificate, error) {
+	for _, n := range dnsNames {
+		if msgs := validation.IsDNS1123Subdomain(n); len(msgs) > 0 {
+			return nil, fmt.Errorf("serving certificate: invalid DNS name %q: %s", n, strings.Join(msgs, "; "))
+		}
+	}
+	if err := id.Validate(); err != nil {
+		return nil, err
+	}
+	if err := auth.Check(now); err != nil {
+		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	if ttl <= 0 {
+		return nil, errors.New("serving certificate: lifetime must be positive")
+	}
+	key, err := identity.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(auth.Cert.NotAfter) {
+		notAfter = auth.Cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial.Add(serial, big.NewInt(1)),
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              append([]string(nil), dnsNames...),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, auth.Cert, key.Public(), auth.Key)
+	if err != nil {
+		return nil, fmt.Errorf("signing serving certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return identity.TLSCertificate(append([]*x509.Certificate{leaf}, auth.Chain...), key), nil
 }
 
 // NodeOf authenticates a caller that must hold a node-proxy credential and
@@ -371,4 +515,23 @@ func (s *Server) NodeOf(ctx context.Context) (string, error) {
 		return "", status.Errorf(codes.PermissionDenied, "%s is not a node proxy: workload discovery is for node-proxy credentials", c.id)
 	}
 	return c.node, nil
+}
+
+// AuthenticateStream admits a discovery (xDS) stream, as istiod does: a
+// caller with a bearer token the TokenAuthenticator accepts (any service
+// account; byToken is true, and the stream's node metadata is then checked
+// against id), or a caller holding a node-proxy credential (local mode). A
+// workload certificate is not enough.
+func (s *Server) AuthenticateStream(ctx context.Context) (id identity.SPIFFE, byToken bool, err error) {
+	c, err := s.authenticate(ctx)
+	if err != nil {
+		return identity.SPIFFE{}, false, err
+	}
+	if c.token != nil {
+		return c.id, true, nil
+	}
+	if c.node == "" {
+		return identity.SPIFFE{}, false, status.Errorf(codes.PermissionDenied, "%s is not a node proxy: workload discovery is for node-proxy credentials or service-account tokens", c.id)
+	}
+	return c.id, false, nil
 }

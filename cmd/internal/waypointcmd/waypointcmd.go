@@ -23,6 +23,7 @@ import (
 	"github.com/ambit-mesh/ambit/cmd/internal/cpconn"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/identity/caclient"
+	"github.com/ambit-mesh/ambit/internal/logbuf"
 	"github.com/ambit-mesh/ambit/waypoint"
 	"github.com/ambit-mesh/ambit/ztunnel"
 )
@@ -31,19 +32,28 @@ import (
 func New() *cobra.Command {
 	var (
 		ns, name, sa, node, cpAddr, credDir, listen, metricsAddr, readyAddr, adminAddr, trustDomain, domain, logFormat string
+		// Istio's dialect towards the control plane (Kubernetes).
+		tokenFile, clusterID, cpSAN, rootCert, podName, podIP string
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run a waypoint: the L7 proxy (routes, L7 authorization, request telemetry) for the services and workloads bound to one waypoint Gateway",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+			// A line per request: buffered, one write per batch (at most
+			// 100 ms late), flushed when the waypoint exits.
+			logOut := logbuf.New(os.Stderr, 100*time.Millisecond, 0)
+			defer logOut.Close()
+			var h slog.Handler = slog.NewTextHandler(logOut, nil)
 			if logFormat == "json" {
-				h = slog.NewJSONHandler(os.Stderr, nil)
+				h = slog.NewJSONHandler(logOut, nil)
 			}
 			log := slog.New(h).With("waypoint", ns+"/"+name)
-			if ns == "" || name == "" || node == "" || cpAddr == "" || credDir == "" {
-				return errors.New("--namespace, --name, --node, --control-plane and --credential-dir are required")
+			if ns == "" || name == "" || node == "" || cpAddr == "" {
+				return errors.New("--namespace, --name, --node and --control-plane are required")
+			}
+			if credDir == "" && tokenFile == "" {
+				return errors.New("--credential-dir (node credential) or --token-file (service-account token) is required")
 			}
 			if sa == "" {
 				sa = name
@@ -52,12 +62,22 @@ func New() *cobra.Command {
 			if err := id.Validate(); err != nil {
 				return err
 			}
-			conn, err := cpconn.Dial(cpAddr, credDir, trustDomain)
+			self := cpconn.Node{Type: "waypoint", PodName: podName, PodNamespace: ns, PodIP: podIP, NodeName: node,
+				ServiceAccount: sa, ClusterID: clusterID, DNSDomain: ns + ".svc." + domain,
+				Legacy: "waypoint~" + ns + "~" + name + "~" + node}
+			if err := self.Validate(); err != nil {
+				return err
+			}
+			conn, err := cpconn.Dial(cpconn.Options{Addr: cpAddr, CredDir: credDir, RootCert: rootCert, TokenFile: tokenFile, ClusterID: clusterID, ServerName: cpSAN})
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
-			certs := caclient.NewManager(&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(conn), Impersonate: true}, nil, log)
+			// With a node credential (local mode) the waypoint asks for its
+			// identity as the node's proxy; with its own service-account
+			// token it asks for the token's identity, as Istio's waypoints.
+			impersonate := tokenFile == ""
+			certs := caclient.NewManager(&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(conn), Impersonate: impersonate}, nil, log)
 			defer certs.Close()
 			index := ztunnel.NewIndex()
 			l7 := waypoint.NewL7Config(log)
@@ -65,7 +85,7 @@ func New() *cobra.Command {
 			wp := waypoint.New(waypoint.Config{Namespace: ns, Name: name, Hostname: name + "." + ns + ".svc." + domain,
 				Identity: id, TrustDomain: trustDomain, Certs: certs, Index: index, L7: l7,
 				Logger: log, AccessLog: log.With("scope", "access"), Metrics: metrics})
-			xds := &ztunnel.WDSClient{Conn: conn, Index: index, NodeID: "waypoint~" + ns + "~" + name + "~" + node, Logger: log, Extra: l7.Handlers()}
+			xds := &ztunnel.WDSClient{Conn: conn, Index: index, NodeID: self.ID(), Metadata: self.Metadata(os.Environ()), Logger: log, Extra: l7.Handlers()}
 			ctx := cmd.Context()
 			runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 			defer cancel()
@@ -146,7 +166,13 @@ func New() *cobra.Command {
 	f.StringVar(&sa, "service-account", "", "service account the waypoint runs as (default: the Gateway's name)")
 	f.StringVar(&node, "node", os.Getenv("NODE_NAME"), "node the waypoint runs on")
 	f.StringVar(&cpAddr, "control-plane", "", "control plane address (CA and xDS), host:port")
-	f.StringVar(&credDir, "credential-dir", "", "directory with the credential for the control plane: cert-chain.pem, key.pem, root-cert.pem")
+	f.StringVar(&credDir, "credential-dir", "", "directory with the credential for the control plane: cert-chain.pem, key.pem, root-cert.pem (local mode)")
+	f.StringVar(&tokenFile, "token-file", "", "service-account token to authenticate with (Kubernetes: the projected istio-ca token, "+cpconn.DefaultTokenFile+"); re-read when it changes")
+	f.StringVar(&clusterID, "cluster-id", cpconn.EnvOr("ISTIO_META_CLUSTER_ID", cpconn.EnvOr("CLUSTER_ID", cpconn.DefaultClusterID)), "cluster id, sent in the clusterid header and node metadata")
+	f.StringVar(&cpSAN, "control-plane-san", "", "DNS name the control plane's certificate must carry (default: the address's host name, or "+cpconn.DefaultServerName+" for an IP address)")
+	f.StringVar(&rootCert, "root-cert", "", "mesh root certificate (PEM) that verifies the control plane (default: root-cert.pem in --credential-dir, else "+cpconn.DefaultRootCert+")")
+	f.StringVar(&podName, "pod-name", os.Getenv("POD_NAME"), "the waypoint's pod name; with it the xDS node id is Istio's waypoint~<pod-ip>~<pod>.<ns>~<ns>.svc.<domain>")
+	f.StringVar(&podIP, "pod-ip", os.Getenv("INSTANCE_IP"), "the waypoint's pod IP")
 	f.StringVar(&listen, "listen", ":15008", "HBONE listen address")
 	f.StringVar(&metricsAddr, "metrics", ":15020", "Prometheus metrics address")
 	f.StringVar(&readyAddr, "readiness", ":15021", "readiness address (/healthz/ready)")

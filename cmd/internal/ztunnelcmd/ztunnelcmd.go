@@ -18,11 +18,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	securityapi "istio.io/api/security/v1alpha1"
 
 	"github.com/ambit-mesh/ambit/cmd/internal/cpconn"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/identity/caclient"
+	"github.com/ambit-mesh/ambit/internal/logbuf"
 	"github.com/ambit-mesh/ambit/zds"
 	"github.com/ambit-mesh/ambit/ztunnel"
 )
@@ -54,6 +56,9 @@ func New() *cobra.Command {
 		cpAddr, credDir, node, zdsSocket, adminAddr, readyAddr, metricsAddr, trustDomain, logFormat string
 		drainNotifyFD, workers                                                                      int
 		handoffTimeout, drainTimeout                                                                time.Duration
+		// Istio's dialect towards the control plane (Kubernetes, istiod).
+		xdsAddr, caAddr, tokenFile, clusterID, cpSAN, rootCert string
+		podName, podNamespace, podIP, serviceAccount           string
 	)
 	cmd := &cobra.Command{
 		Use:   "ztunnel",
@@ -66,27 +71,55 @@ func New() *cobra.Command {
 			if workers > 0 {
 				runtime.GOMAXPROCS(workers)
 			}
-			var h slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+			// A line per connection: buffered, one write per batch (at
+			// most 100 ms late), flushed when ztunnel exits.
+			logOut := logbuf.New(os.Stderr, 100*time.Millisecond, 0)
+			defer logOut.Close()
+			var h slog.Handler = slog.NewTextHandler(logOut, nil)
 			if logFormat == "json" {
-				h = slog.NewJSONHandler(os.Stderr, nil)
+				h = slog.NewJSONHandler(logOut, nil)
 			}
 			log := slog.New(h).With("node", node)
-			if node == "" || cpAddr == "" || credDir == "" {
-				return errors.New("--node, --control-plane and --credential-dir are required")
+			if xdsAddr == "" {
+				xdsAddr = cpAddr
 			}
-			conn, err := cpconn.Dial(cpAddr, credDir, trustDomain)
+			if caAddr == "" {
+				caAddr = cpAddr
+			}
+			if node == "" || xdsAddr == "" || caAddr == "" {
+				return errors.New("--node and --control-plane (or --xds-address and --ca-address) are required")
+			}
+			if credDir == "" && tokenFile == "" {
+				return errors.New("--credential-dir (node credential) or --token-file (service-account token) is required")
+			}
+			self := cpconn.Node{Type: "ztunnel", PodName: podName, PodNamespace: podNamespace, PodIP: podIP, NodeName: node,
+				ServiceAccount: serviceAccount, ClusterID: clusterID, Legacy: "ztunnel~" + node}
+			if err := self.Validate(); err != nil {
+				return err
+			}
+			dial := func(addr string) (*grpc.ClientConn, error) {
+				return cpconn.Dial(cpconn.Options{Addr: addr, CredDir: credDir, RootCert: rootCert, TokenFile: tokenFile, ClusterID: clusterID, ServerName: cpSAN})
+			}
+			conn, err := dial(xdsAddr)
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
+			caConn := conn
+			if caAddr != xdsAddr {
+				if caConn, err = dial(caAddr); err != nil {
+					return err
+				}
+				defer caConn.Close()
+			}
 			ctx := cmd.Context()
 
-			certs := caclient.NewManager(&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(conn), Impersonate: true}, nil, log)
+			certs := caclient.NewManager(&caclient.GRPCFetcher{Client: securityapi.NewIstioCertificateServiceClient(caConn), Impersonate: true}, nil, log)
 			defer certs.Close()
 			index := ztunnel.NewIndex()
 			metrics := ztunnel.NewMetrics()
 			zt := ztunnel.New(ztunnel.Config{Index: index, Certs: certs, TrustDomain: trustDomain, Logger: log, AccessLog: log.With("scope", "access"), Metrics: metrics})
-			wds := &ztunnel.WDSClient{Conn: conn, Index: index, NodeID: "ztunnel~" + node, Logger: log}
+			wds := &ztunnel.WDSClient{Conn: conn, Index: index, NodeID: self.ID(), Metadata: self.Metadata(os.Environ()), Logger: log}
 			zc := zds.NewClient(zdsSocket, zt, log)
 			ready := func() bool { return wds.Synced() && zc.Ready() }
 
@@ -117,7 +150,7 @@ func New() *cobra.Command {
 			interrupted := make(chan os.Signal, 1)
 			signal.Notify(interrupted, os.Interrupt)
 			defer signal.Stop(interrupted)
-			log.Info("ztunnel running", "controlPlane", cpAddr, "zds", zdsSocket, "admin", adminAddr)
+			log.Info("ztunnel running", "xds", xdsAddr, "ca", caAddr, "nodeID", self.ID(), "token", tokenFile != "", "zds", zdsSocket, "admin", adminAddr)
 			<-ctx.Done()
 			select {
 			case <-interrupted:
@@ -157,8 +190,18 @@ func New() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cpAddr, "control-plane", "", "control plane address (CA and xDS), host:port")
-	f.StringVar(&credDir, "credential-dir", "", "directory with the node credential: cert-chain.pem, key.pem, root-cert.pem")
-	f.StringVar(&node, "node", "", "name of this node")
+	f.StringVar(&xdsAddr, "xds-address", os.Getenv("XDS_ADDRESS"), "xDS address, host:port (default: --control-plane)")
+	f.StringVar(&caAddr, "ca-address", os.Getenv("CA_ADDRESS"), "CA address, host:port (default: --control-plane)")
+	f.StringVar(&credDir, "credential-dir", "", "directory with the node credential: cert-chain.pem, key.pem, root-cert.pem (local mode)")
+	f.StringVar(&tokenFile, "token-file", "", "service-account token to authenticate with (Kubernetes: the projected istio-ca token, "+cpconn.DefaultTokenFile+"); re-read when it changes")
+	f.StringVar(&clusterID, "cluster-id", cpconn.EnvOr("ISTIO_META_CLUSTER_ID", cpconn.EnvOr("CLUSTER_ID", cpconn.DefaultClusterID)), "cluster id, sent in the clusterid header and node metadata")
+	f.StringVar(&cpSAN, "control-plane-san", "", "DNS name the control plane's certificate must carry (default: the address's host name, or "+cpconn.DefaultServerName+" for an IP address)")
+	f.StringVar(&rootCert, "root-cert", "", "mesh root certificate (PEM) that verifies the control plane (default: root-cert.pem in --credential-dir, else "+cpconn.DefaultRootCert+")")
+	f.StringVar(&node, "node", os.Getenv("NODE_NAME"), "name of this node")
+	f.StringVar(&podName, "pod-name", os.Getenv("POD_NAME"), "this ztunnel's pod name; with it the xDS node id is Istio's ztunnel~<pod-ip>~<pod>.<ns>~<ns>.svc.cluster.local")
+	f.StringVar(&podNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "this ztunnel's pod namespace")
+	f.StringVar(&podIP, "pod-ip", os.Getenv("INSTANCE_IP"), "this ztunnel's pod IP")
+	f.StringVar(&serviceAccount, "service-account", os.Getenv("SERVICE_ACCOUNT"), "this ztunnel's service account (node metadata)")
 	f.StringVar(&zdsSocket, "zds-socket", "/var/run/ztunnel/ztunnel.sock", "the node agent's ZDS socket")
 	f.StringVar(&adminAddr, "admin", "127.0.0.1:15000", "admin address (/config_dump)")
 	f.StringVar(&readyAddr, "readiness", ":15021", "readiness address (/healthz/ready)")
