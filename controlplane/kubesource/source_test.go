@@ -392,10 +392,10 @@ func TestSameModelFromBothSources(t *testing.T) {
 	state = waitEqual(t, "after updates", fileRec, kubeRec, state)
 
 	deleted := map[config.Key]bool{
-		{Kind: config.KindPod, Namespace: "demo", Name: "echo-2"}:                  true,
-		{Kind: config.KindHTTPRoute, Namespace: "shop", Name: "api"}:               true,
-		{Kind: config.KindAuthorizationPolicy, Namespace: "shop", Name: "api-l7"}:  true,
-		{Kind: config.KindTCPRoute, Namespace: "shop", Name: "api-tcp"}:            true,
+		{Kind: config.KindPod, Namespace: "demo", Name: "echo-2"}:                 true,
+		{Kind: config.KindHTTPRoute, Namespace: "shop", Name: "api"}:              true,
+		{Kind: config.KindAuthorizationPolicy, Namespace: "shop", Name: "api-l7"}: true,
+		{Kind: config.KindTCPRoute, Namespace: "shop", Name: "api-tcp"}:           true,
 		{Kind: config.KindPeerAuthentication, Namespace: "demo", Name: "default"}: true,
 	}
 	objs = slices.DeleteFunc(objs, func(o config.Object) bool { return deleted[config.KeyOf(o)] })

@@ -253,7 +253,9 @@ func (s *Server) EnsureNamespace(ctx context.Context, namespace string) error {
 	return nil
 }
 
-func isAlreadyExists(err error) bool { return err != nil && strings.Contains(err.Error(), "already exists") }
+func isAlreadyExists(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "already exists")
+}
 
 // Kubeconfig writes an admin kubeconfig file and returns its path.
 func (s *Server) Kubeconfig(t testing.TB) string {
