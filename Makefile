@@ -10,7 +10,7 @@ CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge \
                github.com/containernetworking/plugins/plugins/main/loopback
 UNIT_PKGS = $$(go list ./... | grep -v /test/e2e)
 
-.PHONY: deps build demo test vet k8s-bins test-unit test-fuzz test-e2e test-interop bench bench-tools clean
+.PHONY: deps build demo test vet k8s-bins test-unit test-fuzz test-e2e test-interop bench bench-cp bench-tools clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -57,6 +57,10 @@ bench-tools:
 ## bench: the data-path benchmark (direct, Ambit with ztunnel --workers 2 and 1, stunnel, Istio's Go HBONE), report and raw JSON to bench/results/
 bench: deps build bench-tools
 	go run ./bench -bin $(BIN) -out bench/results
+
+## bench-cp: the control-plane scale benchmark, in process (50,000 pods, 5,000 services, two delta xDS clients over loopback gRPC), report and raw JSON to bench/results/cpscale-*
+bench-cp:
+	go run ./bench/cpscale -out bench/results
 
 clean:
 	rm -rf $(BIN)

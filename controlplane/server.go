@@ -86,6 +86,9 @@ func New(ctx context.Context, o Options) (*ControlPlane, error) {
 	cp.XDS = xds.New(ctx, o.Logger.With("component", "xds"), xds.AmbientTypes()...)
 	cp.Controller = controller.New(controller.Options{Publisher: cp.XDS, Sources: o.Sources, OnWarnings: o.OnWarnings, OnStatus: o.OnStatus,
 		Logger: o.Logger.With("component", "controller")})
+	// Proxies get nothing before the controller's first state: an empty
+	// first answer would make them ready with no workloads or policies.
+	cp.XDS.HoldUntil(cp.Controller.Ready())
 	store := cp.Controller.Store()
 	var pods ca.PodIndex = PodIndex{Snapshot: func() PodLister { return store }}
 	if o.Pods != nil {

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
+
+	"github.com/ambit-mesh/ambit/internal/xdspart"
 )
 
 // Type URLs ztunnel subscribes to (as upstream).
@@ -99,6 +101,7 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 	}
 	first, firstPolicies := true, true
 	firstExtra := map[string]bool{}
+	var parts partials
 	for {
 		resp, err := st.Recv()
 		if err != nil {
@@ -106,6 +109,14 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 		}
 		gotResponse = true
 		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
+		if resp = parts.add(resp); resp == nil {
+			// A part with more to come: acknowledged now, applied with
+			// the last.
+			if err := st.Send(ack); err != nil {
+				return true, fmt.Errorf("acknowledging: %w", err)
+			}
+			continue
+		}
 		if resp.GetTypeUrl() == addressType {
 			upserts := make([]*workloadapi.Address, 0, len(resp.GetResources()))
 			var bad error
@@ -172,6 +183,36 @@ func (c *WDSClient) stream(ctx context.Context) (gotResponse bool, err error) {
 			return true, fmt.Errorf("acknowledging: %w", err)
 		}
 	}
+}
+
+// partials gathers the parts of split responses (internal/xdspart), per
+// type URL.
+type partials map[string]*discovery.DeltaDiscoveryResponse
+
+// add returns the response to apply: nil while r is a part others follow,
+// then the parts together (resources in order, removals after them) with
+// the last part's nonce and version.
+func (p *partials) add(r *discovery.DeltaDiscoveryResponse) *discovery.DeltaDiscoveryResponse {
+	more := xdspart.More(r.GetNonce())
+	acc := (*p)[r.GetTypeUrl()]
+	if acc == nil {
+		if !more {
+			return r
+		}
+		if *p == nil {
+			*p = partials{}
+		}
+		acc = &discovery.DeltaDiscoveryResponse{TypeUrl: r.GetTypeUrl()}
+		(*p)[r.GetTypeUrl()] = acc
+	}
+	acc.Resources = append(acc.Resources, r.GetResources()...)
+	acc.RemovedResources = append(acc.RemovedResources, r.GetRemovedResources()...)
+	if more {
+		return nil
+	}
+	delete(*p, r.GetTypeUrl())
+	acc.Nonce, acc.SystemVersionInfo, acc.ControlPlane = r.GetNonce(), r.GetSystemVersionInfo(), r.GetControlPlane()
+	return acc
 }
 
 func statusOf(err error) *rpcstatus.Status {

@@ -1,10 +1,12 @@
 // Package controller is the control plane's one loop: it owns a typed Store
 // of every config object, whoever sent it (a config source, or the runtime
 // reporting pod status as a kubelet would), debounces changes, builds the
-// ambient model (model.Build, model.BuildAuthorizations) and publishes each
-// resource type to xDS through one generic Publish. It never reads runtime
-// state itself: pod IPs, nodes, phases and redirection arrive as ordinary
-// Pod objects with their status set.
+// ambient model (model.Builder: the results of model.Build and
+// model.BuildAuthorizations, computed again only for what changed) and
+// publishes each resource type to xDS through one generic Publish, or, to
+// a DeltaPublisher (xds.Server), only the resources that changed. It never
+// reads runtime state itself: pod IPs, nodes, phases and redirection
+// arrive as ordinary Pod objects with their status set.
 package controller
 
 import (
@@ -35,6 +37,14 @@ import (
 // Publisher serves one resource type's full set to proxies (xds.Server).
 type Publisher interface {
 	Publish(typeURL string, set map[string]proto.Message) error
+}
+
+// DeltaPublisher is a Publisher that also takes a change to a type's set
+// (xds.Server): the controller then hands it only the resources it
+// computed again, not every resource of the type.
+type DeltaPublisher interface {
+	Publisher
+	PublishDelta(typeURL string, changed map[string]proto.Message, removed []string) error
 }
 
 // Options configure a Controller.
@@ -100,6 +110,19 @@ type Controller struct {
 	stats    Stats
 	ready    chan struct{} // closed after the first publish
 	status   Status
+	// dirty are the keys of the objects changed since the last build
+	// took them; past maxDirty (a bulk load) only dirtyAll says so.
+	dirty    map[config.Key]struct{}
+	dirtyAll bool
+
+	// Owned by the build loop: the incremental model, whether it has
+	// built everything once, the last routes (for status when only pods
+	// change), and whether the next publish must send whole sets (after
+	// a failed one).
+	model  *model.Builder
+	built  bool
+	routes routes.Output
+	resync bool
 }
 
 // New returns a controller with an empty store.
@@ -114,7 +137,7 @@ func New(opts Options) *Controller {
 		opts.MaxDelay = max(5*opts.Debounce, 100*time.Millisecond)
 	}
 	return &Controller{opts: opts, logger: opts.Logger, store: NewStore(), kick: make(chan struct{}, 1),
-		warned: map[string]bool{}, ready: make(chan struct{})}
+		warned: map[string]bool{}, ready: make(chan struct{}), dirty: map[config.Key]struct{}{}, model: model.NewBuilder()}
 }
 
 // Store is the controller's store (read-only for callers: change it with
@@ -124,8 +147,21 @@ func (c *Controller) Store() *Store { return c.store }
 // Apply records one event and schedules a build if the store changed. It
 // never blocks on the build; it is safe for concurrent use.
 func (c *Controller) Apply(ev config.Event) {
-	if c.store.Apply(ev) {
-		c.logger.Debug("config "+ev.Type.String(), "key", ev.Key.String())
+	// The store first, then the key: a build that takes the key reads the
+	// store after it changed.
+	if k, changed := c.store.apply(ev); changed {
+		c.mu.Lock()
+		switch {
+		case c.dirtyAll:
+		case len(c.dirty) >= maxDirty:
+			c.dirtyAll, c.dirty = true, map[config.Key]struct{}{}
+		default:
+			c.dirty[k] = struct{}{}
+		}
+		c.mu.Unlock()
+		if c.logger.Enabled(context.Background(), slog.LevelDebug) {
+			c.logger.Debug("config "+ev.Type.String(), "key", k.String())
+		}
 		c.schedule()
 	}
 }
@@ -283,17 +319,60 @@ func (c *Controller) loop(ctx context.Context) {
 
 // build computes the model from the store and publishes it: policies
 // first, so that a workload never names a policy its proxy does not have
-// yet.
+// yet. When only pods changed since the last build, and none of them is a
+// waypoint's, only those pods are computed again (buildPods); otherwise
+// everything is, reusing what did not change (model.Builder).
 func (c *Controller) build() {
 	start := time.Now()
+	c.mu.Lock()
+	dirty, all := c.dirty, c.dirtyAll
+	c.dirty, c.dirtyAll = map[config.Key]struct{}{}, false
+	c.mu.Unlock()
+	if c.built && !c.resync && !all && podsOnly(dirty) && c.buildPods(start, dirty) {
+		return
+	}
+	c.buildAll(start)
+}
+
+// maxDirty is how many changed keys the controller records before it
+// stops and builds everything.
+const maxDirty = 4096
+
+// unreadKinds are kinds the store keeps for others (the CA, the
+// Kubernetes source's users) that no input of a build reads: their changes
+// do not stop a pods-only build. A kind that a build starts to read must
+// leave this set.
+var unreadKinds = map[string]bool{config.KindServiceAccount: true, config.KindNode: true, config.KindEndpointSlice: true}
+
+// podsOnly reports whether the changed keys are pods only (besides kinds
+// no build reads).
+func podsOnly(dirty map[config.Key]struct{}) bool {
+	for k := range dirty {
+		if k.Kind != config.KindPod && !unreadKinds[k.Kind] {
+			return false
+		}
+	}
+	return true
+}
+
+// inputs gathers the model's inputs from the store.
+func (c *Controller) inputs() model.Inputs {
 	st := c.store
-	in := model.Inputs{Namespaces: st.Namespaces(), Pods: st.Pods(), Services: st.Services(),
+	return model.Inputs{Namespaces: st.Namespaces(), Pods: st.Pods(), Services: st.Services(),
 		Policies: st.AuthorizationPolicies(), PeerAuthentications: st.PeerAuthentications(),
 		Gateways: st.Gateways(),
 		Cluster:  c.opts.Cluster, Domain: c.opts.Domain, RootNamespace: c.opts.RootNamespace}
-	authzs, warnings := model.BuildAuthorizations(in)
+}
+
+// buildAll computes and publishes everything.
+func (c *Controller) buildAll(start time.Time) {
+	st := c.store
+	in := c.inputs()
+	delta, warnings := c.model.Build(in)
+	full := c.resync
+	c.resync = false
 	var failed uint64
-	if err := c.opts.Publisher.Publish(xds.AuthorizationType, xds.Typed(authzs)); err != nil {
+	if err := publishModel(c, xds.AuthorizationType, full, delta.Authorizations, delta.RemovedAuthorizations, c.model.Authorizations); err != nil {
 		c.logger.Error("publishing policies", "err", err)
 		failed++
 	}
@@ -321,7 +400,7 @@ func (c *Controller) build() {
 		c.logger.Error("publishing waypoint routes", "err", err)
 		failed++
 	}
-	if err := c.opts.Publisher.Publish(xds.AddressType, xds.Typed(model.Build(in))); err != nil {
+	if err := publishModel(c, xds.AddressType, full, delta.Addresses, delta.RemovedAddresses, c.model.Addresses); err != nil {
 		c.logger.Error("publishing workloads and services", "err", err)
 		failed++
 	}
@@ -330,7 +409,70 @@ func (c *Controller) build() {
 	}
 	slices.Sort(texts)
 	texts = slices.Compact(texts)
+	c.built, c.routes = true, rt
+	c.finish(start, rt, texts, failed)
+}
 
+// buildPods computes again only the changed pods, when the model can
+// (none is a waypoint's), and publishes what that changed: policies and
+// addresses (routes, waypoint policies and warnings do not depend on
+// other pods than waypoints'). It reports false, having done nothing,
+// when everything must be built instead.
+func (c *Controller) buildPods(start time.Time, dirty map[config.Key]struct{}) bool {
+	changes := make([]model.PodChange, 0, len(dirty))
+	for k := range dirty {
+		if k.Kind != config.KindPod {
+			continue
+		}
+		ch := model.PodChange{Key: k.Namespace + "/" + k.Name}
+		if o, ok := c.store.Get(k); ok {
+			ch.Pod, _ = o.(*corev1.Pod) // another type is no pod, as Store.Pods has it
+		}
+		changes = append(changes, ch)
+	}
+	slices.SortFunc(changes, func(a, b model.PodChange) int { return strings.Compare(a.Key, b.Key) })
+	delta, ok := c.model.UpdatePods(changes)
+	if !ok {
+		return false
+	}
+	var failed uint64
+	if err := publishModel(c, xds.AuthorizationType, false, delta.Authorizations, delta.RemovedAuthorizations, c.model.Authorizations); err != nil {
+		c.logger.Error("publishing policies", "err", err)
+		failed++
+	}
+	if err := publishModel(c, xds.AddressType, false, delta.Addresses, delta.RemovedAddresses, c.model.Addresses); err != nil {
+		c.logger.Error("publishing workloads and services", "err", err)
+		failed++
+	}
+	c.mu.Lock()
+	texts := c.warnings
+	c.mu.Unlock()
+	c.finish(start, c.routes, texts, failed)
+	return true
+}
+
+// publishModel publishes a type the model builds: as a delta when the
+// publisher takes deltas (unless full), else (or after a failed publish,
+// when the publisher may have missed a delta) the whole set, a copy of
+// what set returns.
+func publishModel[M proto.Message](c *Controller, typeURL string, full bool, changed map[string]M, removed []string, set func() map[string]M) error {
+	var err error
+	if dp, ok := c.opts.Publisher.(DeltaPublisher); ok && !full {
+		if len(changed) == 0 && len(removed) == 0 {
+			return nil
+		}
+		err = dp.PublishDelta(typeURL, xds.Typed(changed), removed)
+	} else {
+		err = c.opts.Publisher.Publish(typeURL, xds.Typed(set()))
+	}
+	if err != nil {
+		c.resync = true
+	}
+	return err
+}
+
+// finish records a build's warnings, status and stats, and reports them.
+func (c *Controller) finish(start time.Time, rt routes.Output, texts []string, failed uint64) {
 	c.mu.Lock()
 	for _, t := range texts {
 		if !c.warned[t] {
@@ -340,7 +482,7 @@ func (c *Controller) build() {
 	}
 	changed := !slices.Equal(texts, c.warnings)
 	c.warnings = texts
-	status := buildStatus(in, rt)
+	status := buildStatus(c.model, rt)
 	statusChanged := !reflect.DeepEqual(status, c.status)
 	c.status = status
 	c.stats.Builds++
@@ -385,10 +527,11 @@ func routeInputs(in model.Inputs, st *Store) routes.Inputs {
 	return out
 }
 
-// buildStatus gathers waypoint, binding and route status.
-func buildStatus(in model.Inputs, rt routes.Output) Status {
+// buildStatus gathers waypoint, binding and route status (the model's
+// model.WaypointReport for its last inputs).
+func buildStatus(m *model.Builder, rt routes.Output) Status {
 	var st Status
-	st.Waypoints, st.BindingProblems = model.WaypointReport(in)
+	st.Waypoints, st.BindingProblems = m.WaypointReport()
 	for k, conds := range rt.Conditions {
 		st.Routes = append(st.Routes, RouteStatus{Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Parent: k.ParentIndex, Conditions: conds})
 	}

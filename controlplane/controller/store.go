@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -22,10 +23,32 @@ import (
 type Store struct {
 	mu      sync.RWMutex
 	objects map[string]map[string]config.Object // kind -> "namespace/name" -> object
+	// lists keeps each kind's objects sorted for List, kept up to date in
+	// place on changes and sorted again only after many additions or
+	// deletions (a bulk load sorts once).
+	lists map[string]*sortedList
 }
 
+// sortedList is one kind's objects sorted by namespace/name; valid is
+// false until it is built (again).
+type sortedList struct {
+	valid bool
+	names []string
+	objs  []config.Object
+	moves int // insertions and deletions since it was built
+}
+
+// maxMoves is how many insertions or deletions a sorted list takes in
+// place (each moves the slice's tail) before it is left to be sorted
+// again on the next List.
+const maxMoves = 64
+
+func (l *sortedList) find(name string) (int, bool) { return slices.BinarySearch(l.names, name) }
+
 // NewStore returns an empty store.
-func NewStore() *Store { return &Store{objects: map[string]map[string]config.Object{}} }
+func NewStore() *Store {
+	return &Store{objects: map[string]map[string]config.Object{}, lists: map[string]*sortedList{}}
+}
 
 func nsName(k config.Key) string { return k.Namespace + "/" + k.Name }
 
@@ -34,37 +57,76 @@ func nsName(k config.Key) string { return k.Namespace + "/" + k.Name }
 // what a user wrote or a runtime reported) changes nothing, nor does
 // deleting an unknown object.
 func (s *Store) Apply(ev config.Event) bool {
+	_, changed := s.apply(ev)
+	return changed
+}
+
+// apply is Apply, also returning the event's key (its kind filled in from
+// the object when the event had none).
+func (s *Store) apply(ev config.Event) (config.Key, bool) {
 	k := ev.Key
 	if k.Kind == "" && ev.Object != nil {
 		k = config.KeyOf(ev.Object)
 	}
 	if k.Kind == "" {
-		return false
+		return k, false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	byName := s.objects[k.Kind]
-	old, had := byName[nsName(k)]
+	name := nsName(k)
+	old, had := byName[name]
+	l := s.lists[k.Kind]
 	if ev.Type == config.Deleted {
 		if !had {
-			return false
+			return k, false
 		}
-		delete(byName, nsName(k))
-		return true
+		delete(byName, name)
+		if l != nil && l.valid {
+			if i, ok := l.find(name); ok && l.moves < maxMoves {
+				l.names, l.objs = slices.Delete(l.names, i, i+1), slices.Delete(l.objs, i, i+1)
+				l.moves++
+			} else {
+				l.valid = false
+			}
+		}
+		return k, true
 	}
 	if ev.Object == nil || (had && sameObject(old, ev.Object)) {
-		return false
+		return k, false
 	}
 	if byName == nil {
 		byName = map[string]config.Object{}
 		s.objects[k.Kind] = byName
 	}
-	byName[nsName(k)] = ev.Object
-	return true
+	byName[name] = ev.Object
+	if l != nil && l.valid {
+		i, found := l.find(name)
+		switch {
+		case found:
+			l.objs[i] = ev.Object
+		case l.moves < maxMoves:
+			l.names, l.objs = slices.Insert(l.names, i, name), slices.Insert(l.objs, i, ev.Object)
+			l.moves++
+		default:
+			l.valid = false
+		}
+	}
+	return k, true
 }
 
+// sameObject reports whether a and b have the same JSON form, with cheaper
+// checks first: the same pointer is the same object; different
+// resourceVersions (part of the JSON form) differ; deeply equal values
+// have the same JSON form.
 func sameObject(a, b config.Object) bool {
 	if a == b {
+		return true
+	}
+	if a.GetResourceVersion() != b.GetResourceVersion() {
+		return false
+	}
+	if reflect.DeepEqual(a, b) {
 		return true
 	}
 	ja, errA := json.Marshal(a)
@@ -108,13 +170,29 @@ func (s *Store) Kinds() []string {
 // List returns the objects of one kind, sorted by namespace and name.
 func (s *Store) List(kind string) []config.Object {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	m := s.objects[kind]
-	out := make([]config.Object, 0, len(m))
-	for _, n := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, m[n])
+	if l := s.lists[kind]; l != nil && l.valid {
+		out := slices.Clone(l.objs)
+		s.mu.RUnlock()
+		return out
 	}
-	return out
+	s.mu.RUnlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.lists[kind]
+	if l == nil {
+		l = &sortedList{}
+		s.lists[kind] = l
+	}
+	if !l.valid {
+		m := s.objects[kind]
+		l.names = slices.Sorted(maps.Keys(m))
+		l.objs = make([]config.Object, len(l.names))
+		for i, n := range l.names {
+			l.objs[i] = m[n]
+		}
+		l.valid, l.moves = true, 0
+	}
+	return slices.Clone(l.objs)
 }
 
 // Dump returns every object by kind and then by "namespace/name" (or

@@ -3,6 +3,10 @@
 // tunnel protocol, services, waypoint) and a Service for every Kubernetes
 // Service (VIP, ports, waypoint), as upstream Istio's WDS resources, and
 // the waypoints Gateways declare and which objects use them (waypoint.go).
+// Build, BuildAuthorizations and WaypointReport compute it all from the
+// inputs; a Builder (incremental.go) gives the same results again and
+// again as the inputs change, computing only what depends on what changed,
+// and says what changed.
 package model
 
 import (
@@ -85,102 +89,157 @@ func Enrolled(pod *corev1.Pod, ns *corev1.Namespace) bool {
 
 // Build returns every WDS Address resource by name.
 func Build(in Inputs) map[string]*workloadapi.Address {
-	if in.Cluster == "" {
-		in.Cluster = DefaultCluster
-	}
-	if in.Domain == "" {
-		in.Domain = DefaultDomain
-	}
+	c := compile(in, Waypoints(in))
 	out := map[string]*workloadapi.Address{}
-	_, strict := peerAuthentication(in)
-	wps := Waypoints(in)
-	nss := make(map[string]*corev1.Namespace, len(in.Namespaces))
-	for _, ns := range in.Namespaces {
-		nss[ns.Name] = ns
-	}
-	type svcInfo struct {
-		svc   *corev1.Service
-		name  string
-		sel   labels.Selector
-		ports []*corev1.ServicePort
-	}
-	var svcs []svcInfo
 	for _, s := range in.Services {
-		name := ServiceName(s, in.Domain)
-		ws := &workloadapi.Service{Name: s.Name, Namespace: s.Namespace, Hostname: ServiceHostname(s, in.Domain)}
-		vip := s.Spec.ClusterIP
-		if v, ok := in.ClusterIPs[s.Namespace+"/"+s.Name]; ok {
-			vip = v
+		name, a, _ := buildService(s, c)
+		out[name] = a
+	}
+	for _, pod := range in.Pods {
+		if a := buildWorkload(pod, c, c.pa.forPod(pod), PodBinding(pod, c.nss[pod.Namespace], c.wps)); a != nil {
+			out[a.GetWorkload().GetUid()] = a
 		}
-		if ip, err := netip.ParseAddr(vip); err == nil {
-			ws.Addresses = append(ws.Addresses, &workloadapi.NetworkAddress{Address: ip.AsSlice()})
+	}
+	return out
+}
+
+// compiled is what building derives once from the inputs for all pods and
+// services: the defaults applied, namespaces by name, the waypoints, and
+// the selector services, policies and PeerAuthentications grouped by
+// namespace with their selectors parsed.
+type compiled struct {
+	cluster, domain, root string
+	clusterIPs            map[string]string
+	nss                   map[string]*corev1.Namespace
+	wps                   map[string]*Waypoint
+	// svcs are the services with a selector, and policies the selector
+	// policies, by namespace, in input order.
+	svcs     map[string][]selectorService
+	policies map[string][]selectorPolicy
+	pa       *paIndex
+}
+
+type selectorService struct {
+	svc   *corev1.Service
+	name  string
+	sel   labels.Selector
+	ports []*corev1.ServicePort
+}
+
+type selectorPolicy struct {
+	policy *securityclient.AuthorizationPolicy
+	key    string // namespace/name
+	sel    labels.Selector
+}
+
+// compile prepares the inputs; wps are their waypoints (Waypoints(in)).
+func compile(in Inputs, wps map[string]*Waypoint) *compiled {
+	c := &compiled{cluster: in.Cluster, domain: in.Domain, root: in.RootNamespace, clusterIPs: in.ClusterIPs, wps: wps,
+		nss: make(map[string]*corev1.Namespace, len(in.Namespaces)), svcs: map[string][]selectorService{}, policies: map[string][]selectorPolicy{}}
+	if c.cluster == "" {
+		c.cluster = DefaultCluster
+	}
+	if c.domain == "" {
+		c.domain = DefaultDomain
+	}
+	if c.root == "" {
+		c.root = authzpolicy.DefaultRootNamespace
+	}
+	for _, ns := range in.Namespaces {
+		c.nss[ns.Name] = ns
+	}
+	for _, s := range in.Services {
+		if len(s.Spec.Selector) == 0 {
+			continue
 		}
-		for _, p := range s.Spec.Ports {
+		info := selectorService{svc: s, name: ServiceName(s, c.domain), sel: labels.SelectorFromSet(s.Spec.Selector)}
+		for i := range s.Spec.Ports {
+			info.ports = append(info.ports, &s.Spec.Ports[i])
+		}
+		c.svcs[s.Namespace] = append(c.svcs[s.Namespace], info)
+	}
+	for _, p := range in.Policies {
+		if sel := p.Spec.GetSelector().GetMatchLabels(); len(sel) > 0 {
+			c.policies[p.Namespace] = append(c.policies[p.Namespace], selectorPolicy{policy: p, key: p.Namespace + "/" + p.Name, sel: labels.SelectorFromSet(sel)})
+		}
+	}
+	c.pa = newPAIndex(in.PeerAuthentications, c.root)
+	return c
+}
+
+// buildService returns a Service's resource name and resource, and the
+// Service's waypoint binding.
+func buildService(s *corev1.Service, c *compiled) (string, *workloadapi.Address, Binding) {
+	ws := &workloadapi.Service{Name: s.Name, Namespace: s.Namespace, Hostname: ServiceHostname(s, c.domain)}
+	vip := s.Spec.ClusterIP
+	if v, ok := c.clusterIPs[s.Namespace+"/"+s.Name]; ok {
+		vip = v
+	}
+	if ip, err := netip.ParseAddr(vip); err == nil {
+		ws.Addresses = append(ws.Addresses, &workloadapi.NetworkAddress{Address: ip.AsSlice()})
+	}
+	for _, p := range s.Spec.Ports {
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(p.TargetPort.IntValue())})
+	}
+	b := ServiceBinding(s, c.nss[s.Namespace], c.wps)
+	if b.Waypoint != nil {
+		ws.Waypoint = b.Waypoint.Address()
+	}
+	return ServiceName(s, c.domain), &workloadapi.Address{Type: &workloadapi.Address_Service{Service: ws}}, b
+}
+
+// buildWorkload returns a pod's resource, or nil when the pod is not a
+// workload (no address yet, or finished); pa is what PeerAuthentications
+// make of it, bind its waypoint binding (PodBinding).
+func buildWorkload(pod *corev1.Pod, c *compiled, pa podPA, bind Binding) *workloadapi.Address {
+	ip, err := netip.ParseAddr(pod.Status.PodIP)
+	if err != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return nil // no address yet, or finished: nothing to route to
+	}
+	sa := pod.Spec.ServiceAccountName
+	if sa == "default" {
+		sa = ""
+	}
+	w := &workloadapi.Workload{
+		Uid: WorkloadName(c.cluster, pod), Name: pod.Name, Namespace: pod.Namespace,
+		Addresses: [][]byte{ip.AsSlice()}, ServiceAccount: sa, Node: pod.Spec.NodeName,
+		CanonicalName: canonicalName(pod), CanonicalRevision: canonicalRevision(pod),
+		WorkloadType: workloadapi.WorkloadType_POD, WorkloadName: pod.Name, ClusterId: c.cluster,
+		Status: workloadapi.WorkloadStatus_HEALTHY,
+	}
+	if pod.Status.Phase != corev1.PodRunning {
+		w.Status = workloadapi.WorkloadStatus_UNHEALTHY
+	}
+	if pod.Annotations[AnnotationRedirection] == "enabled" || pod.Labels[LabelTunnel] == TunnelHTTP {
+		w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
+	}
+	if bind.Waypoint != nil {
+		w.Waypoint = bind.Waypoint.Address()
+	}
+	if pod.Spec.HostNetwork {
+		w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
+	}
+	w.AuthorizationPolicies = append(selectedPolicies(c, pod), pa.attach...)
+	for _, s := range c.svcs[pod.Namespace] {
+		if !s.sel.Matches(labels.Set(pod.Labels)) {
+			continue
+		}
+		pl := &workloadapi.PortList{}
+		for _, p := range s.ports {
 			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
 				continue
 			}
-			ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(p.TargetPort.IntValue())})
+			pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(targetPort(pod, p))})
 		}
-		if b := ServiceBinding(s, nss[s.Namespace], wps); b.Waypoint != nil {
-			ws.Waypoint = b.Waypoint.Address()
+		if w.Services == nil {
+			w.Services = map[string]*workloadapi.PortList{}
 		}
-		out[name] = &workloadapi.Address{Type: &workloadapi.Address_Service{Service: ws}}
-		if len(s.Spec.Selector) > 0 {
-			info := svcInfo{svc: s, name: name, sel: labels.SelectorFromSet(s.Spec.Selector)}
-			for i := range s.Spec.Ports {
-				info.ports = append(info.ports, &s.Spec.Ports[i])
-			}
-			svcs = append(svcs, info)
-		}
+		w.Services[s.name] = pl
 	}
-	for _, pod := range in.Pods {
-		ip, err := netip.ParseAddr(pod.Status.PodIP)
-		if err != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-			continue // no address yet, or finished: nothing to route to
-		}
-		sa := pod.Spec.ServiceAccountName
-		if sa == "default" {
-			sa = ""
-		}
-		w := &workloadapi.Workload{
-			Uid: WorkloadName(in.Cluster, pod), Name: pod.Name, Namespace: pod.Namespace,
-			Addresses: [][]byte{ip.AsSlice()}, ServiceAccount: sa, Node: pod.Spec.NodeName,
-			CanonicalName: canonicalName(pod), CanonicalRevision: canonicalRevision(pod),
-			WorkloadType: workloadapi.WorkloadType_POD, WorkloadName: pod.Name, ClusterId: in.Cluster,
-			Status: workloadapi.WorkloadStatus_HEALTHY,
-		}
-		if pod.Status.Phase != corev1.PodRunning {
-			w.Status = workloadapi.WorkloadStatus_UNHEALTHY
-		}
-		if pod.Annotations[AnnotationRedirection] == "enabled" || pod.Labels[LabelTunnel] == TunnelHTTP {
-			w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
-		}
-		if b := PodBinding(pod, nss[pod.Namespace], wps); b.Waypoint != nil {
-			w.Waypoint = b.Waypoint.Address()
-		}
-		if pod.Spec.HostNetwork {
-			w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
-		}
-		w.AuthorizationPolicies = append(selectedPolicies(in, pod), strict[pod.Namespace+"/"+pod.Name]...)
-		for _, s := range svcs {
-			if s.svc.Namespace != pod.Namespace || !s.sel.Matches(labels.Set(pod.Labels)) {
-				continue
-			}
-			pl := &workloadapi.PortList{}
-			for _, p := range s.ports {
-				if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-					continue
-				}
-				pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(targetPort(pod, p))})
-			}
-			if w.Services == nil {
-				w.Services = map[string]*workloadapi.PortList{}
-			}
-			w.Services[s.name] = pl
-		}
-		out[w.Uid] = &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
-	}
-	return out
+	return &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
 }
 
 // targetPort resolves a service port's target on one pod (named ports are
@@ -232,19 +291,18 @@ func Names(set map[string]*workloadapi.Address) []string {
 
 // selectedPolicies names the selector policies that apply to a pod: those
 // of its namespace, and those of the root namespace, whose labels match.
-func selectedPolicies(in Inputs, pod *corev1.Pod) []string {
-	root := in.RootNamespace
-	if root == "" {
-		root = authzpolicy.DefaultRootNamespace
-	}
+func selectedPolicies(c *compiled, pod *corev1.Pod) []string {
 	var out []string
-	for _, p := range in.Policies {
-		sel := p.Spec.GetSelector().GetMatchLabels()
-		if len(sel) == 0 || (p.Namespace != pod.Namespace && p.Namespace != root) {
-			continue
+	for _, p := range c.policies[pod.Namespace] {
+		if p.sel.Matches(labels.Set(pod.Labels)) {
+			out = append(out, p.key)
 		}
-		if labels.SelectorFromSet(sel).Matches(labels.Set(pod.Labels)) {
-			out = append(out, p.Namespace+"/"+p.Name)
+	}
+	if pod.Namespace != c.root {
+		for _, p := range c.policies[c.root] {
+			if p.sel.Matches(labels.Set(pod.Labels)) {
+				out = append(out, p.key)
+			}
 		}
 	}
 	sort.Strings(out)
@@ -254,10 +312,29 @@ func selectedPolicies(in Inputs, pod *corev1.Pod) []string {
 // BuildAuthorizations translates the policies for ztunnel, by resource
 // name (namespace/name), with the warnings users should see.
 func BuildAuthorizations(in Inputs) (map[string]*security.Authorization, []authzpolicy.Warning) {
-	out, _ := peerAuthentication(in)
+	root := in.RootNamespace
+	if root == "" {
+		root = authzpolicy.DefaultRootNamespace
+	}
+	x := newPAIndex(in.PeerAuthentications, root)
+	out := map[string]*security.Authorization{}
+	for _, pod := range in.Pods {
+		x.forPod(pod).addTo(out, x)
+	}
+	user, warnings := translatePolicies(in.Policies, in.RootNamespace)
+	for k, a := range user {
+		out[k] = a
+	}
+	return out, warnings
+}
+
+// translatePolicies translates the AuthorizationPolicies ztunnel takes,
+// by namespace/name, with every policy's warnings in input order.
+func translatePolicies(policies []*securityclient.AuthorizationPolicy, root string) (map[string]*security.Authorization, []authzpolicy.Warning) {
+	out := map[string]*security.Authorization{}
 	var warnings []authzpolicy.Warning
-	for _, p := range in.Policies {
-		a, w := authzpolicy.Translate(p, in.RootNamespace)
+	for _, p := range policies {
+		a, w := authzpolicy.Translate(p, root)
 		warnings = append(warnings, w...)
 		if a != nil {
 			out[p.Namespace+"/"+p.Name] = a

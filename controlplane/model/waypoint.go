@@ -252,6 +252,30 @@ func WaypointReport(in Inputs) ([]WaypointStatus, []BindingProblem) {
 	for _, ns := range in.Namespaces {
 		nss[ns.Name] = ns
 	}
+	var svcs, pods []objectBinding
+	for _, svc := range in.Services {
+		if b := ServiceBinding(svc, nss[svc.Namespace], wps); b.Waypoint != nil || b.Problem != "" {
+			svcs = append(svcs, objectBinding{svc.Namespace + "/" + svc.Name, b})
+		}
+	}
+	for _, pod := range in.Pods {
+		if b := PodBinding(pod, nss[pod.Namespace], wps); b.Waypoint != nil || b.Problem != "" {
+			pods = append(pods, objectBinding{pod.Namespace + "/" + pod.Name, b})
+		}
+	}
+	return report(wps, in.Gateways, svcs, pods)
+}
+
+// objectBinding is the binding of a service or pod (namespace/name) that
+// binds or fails to.
+type objectBinding struct {
+	key string
+	b   Binding
+}
+
+// report is WaypointReport from the waypoints, the Gateways, and the
+// bindings of services and of pods (in the order their names are listed).
+func report(wps map[string]*Waypoint, gateways []*gatewayv1.Gateway, svcs, pods []objectBinding) ([]WaypointStatus, []BindingProblem) {
 	st := map[string]*WaypointStatus{}
 	for k, w := range wps {
 		s := &WaypointStatus{Namespace: w.Namespace, Name: w.Name, For: w.For, Accepted: len(w.Problems) == 0}
@@ -269,29 +293,27 @@ func WaypointReport(in Inputs) ([]WaypointStatus, []BindingProblem) {
 	}
 	// Other Gateways are not Ambit's: say so, rather than ignore them in
 	// silence.
-	for _, gw := range in.Gateways {
+	for _, gw := range gateways {
 		if !IsWaypoint(gw) {
 			st[gw.Namespace+"/"+gw.Name] = &WaypointStatus{Namespace: gw.Namespace, Name: gw.Name, For: "-",
 				Reason: fmt.Sprintf("gatewayClassName %q is not served by Ambit (only %s): ignored", gw.Spec.GatewayClassName, GatewayClassWaypoint)}
 		}
 	}
 	var problems []BindingProblem
-	for _, svc := range in.Services {
-		b := ServiceBinding(svc, nss[svc.Namespace], wps)
-		if b.Waypoint != nil {
-			s := st[b.Waypoint.Key()]
-			s.Services = append(s.Services, svc.Namespace+"/"+svc.Name)
-		} else if b.Problem != "" {
-			problems = append(problems, BindingProblem{Object: "Service " + svc.Namespace + "/" + svc.Name, From: b.From, Problem: b.Problem})
+	for _, x := range svcs {
+		if x.b.Waypoint != nil {
+			s := st[x.b.Waypoint.Key()]
+			s.Services = append(s.Services, x.key)
+		} else if x.b.Problem != "" {
+			problems = append(problems, BindingProblem{Object: "Service " + x.key, From: x.b.From, Problem: x.b.Problem})
 		}
 	}
-	for _, pod := range in.Pods {
-		b := PodBinding(pod, nss[pod.Namespace], wps)
-		if b.Waypoint != nil {
-			s := st[b.Waypoint.Key()]
-			s.Workloads = append(s.Workloads, pod.Namespace+"/"+pod.Name)
-		} else if b.Problem != "" {
-			problems = append(problems, BindingProblem{Object: "Pod " + pod.Namespace + "/" + pod.Name, From: b.From, Problem: b.Problem})
+	for _, x := range pods {
+		if x.b.Waypoint != nil {
+			s := st[x.b.Waypoint.Key()]
+			s.Workloads = append(s.Workloads, x.key)
+		} else if x.b.Problem != "" {
+			problems = append(problems, BindingProblem{Object: "Pod " + x.key, From: x.b.From, Problem: x.b.Problem})
 		}
 	}
 	out := make([]WaypointStatus, 0, len(st))

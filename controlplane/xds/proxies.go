@@ -77,8 +77,8 @@ func (t *proxyTracker) response(id int64, r *discovery.DeltaDiscoveryResponse) {
 	}
 	typ := r.GetTypeUrl()
 	sent := p.sent[typ]
-	if sent == nil {
-		sent = map[string]string{}
+	if len(sent) == 0 {
+		sent = make(map[string]string, len(r.GetResources()))
 		p.sent[typ] = sent
 	}
 	for _, res := range r.GetResources() {

@@ -1,11 +1,24 @@
 // Package xds serves the control plane's resources to proxies over delta
-// ADS, on go-control-plane's delta server with one linear cache per
-// resource type: a change reaches every connected proxy as an incremental
-// delta. Publishing is one code path for every type (Publish); the ambient
-// types are istio.workload.Address and istio.security.Authorization, and a
-// new type (a waypoint's, say) is one more type URL given to New.
+// ADS: a change reaches every connected proxy as an incremental delta.
+// Publishing is one code path for every type (Publish, or PublishDelta for
+// a change to a type's set); the ambient types are istio.workload.Address
+// and istio.security.Authorization, and a new type (a waypoint's, say) is
+// one more type URL given to New.
 //
-// The server also records, per connected proxy, its node id and the
+// Delta streams are the server's own (stream.go): each keeps, per type,
+// the client's subscription (go-control-plane's, with its wildcard rules)
+// and the version of every resource it holds, and a publish only marks the
+// names it changed on every stream, so that a change costs what changed,
+// not the size of the mesh. A resource is marshalled, and its version
+// (go-control-plane's: a SHA-256 of the deterministic encoding) computed,
+// once when it is published, for all streams. A response larger than a
+// bound (SetMaxResponseBytes, 2 MiB by default) goes out as several
+// (chunk.go): proxies keep gRPC's 4 MiB receive limit, and a mesh of
+// 50,000 pods is a 22 MB address set. State-of-the-world streams are
+// served by go-control-plane's server over linear caches, fed by the same
+// publishes.
+//
+// The server also records, per connected delta proxy, its node id and the
 // resource names and versions it was sent (Proxies), and counts pushes
 // (Stats), for the control plane's debug and metrics endpoints.
 package xds
@@ -16,15 +29,17 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachetypes "github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Type URLs of the ambient (WDS) resources.
@@ -49,16 +64,46 @@ func AmbientTypes() []string { return []string{AddressType, AuthorizationType, R
 
 // Server is the delta ADS server.
 type Server struct {
+	ctx    context.Context
 	logger *slog.Logger
-	ads    server.Server
-	caches map[string]*cache.LinearCache // by type URL; fixed after New
+	types  map[string]*typeStore // by type URL; fixed after New
+	// sotw serves state-of-the-world streams from caches, fed by every
+	// publish once the first such stream opened (sotwOn; none of Ambit's
+	// proxies opens one).
+	sotw   server.Server
+	caches map[string]*cache.LinearCache
+	sotwOn bool // guarded by mu
 
-	mu      sync.Mutex // serializes Publish
-	current map[string]map[string]proto.Message
+	mu      sync.Mutex // serializes publishes; guards streams
+	streams map[int64]*stream
+	nextID  atomic.Int64
 
 	stats   statsRecorder
 	proxies proxyTracker
+	// maxResponse bounds a delta response's encoded size (chunk.go).
+	maxResponse atomic.Int64
+	// hold, if set, is closed once the served state is whole (HoldUntil):
+	// streams send nothing before.
+	hold <-chan struct{}
 }
+
+// typeStore holds the served resources of one type.
+type typeStore struct {
+	typeURL string
+	mu      sync.RWMutex
+	version uint64 // counts the publishes that changed something
+	res     map[string]*resource
+}
+
+// resource is one served resource: the message as published, and the
+// discovery resource every stream sends (immutable once built; gRPC
+// marshals shared messages safely).
+type resource struct {
+	msg  proto.Message
+	wire *discovery.Resource
+}
+
+func (t *typeStore) systemVersion() string { return strconv.FormatUint(t.version, 10) }
 
 // New returns a server for the given resource types, with no resources.
 // The server's streams end when ctx is done.
@@ -66,88 +111,208 @@ func New(ctx context.Context, logger *slog.Logger, typeURLs ...string) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{logger: logger, caches: map[string]*cache.LinearCache{}, current: map[string]map[string]proto.Message{},
-		proxies: proxyTracker{streams: map[int64]*proxy{}}, stats: statsRecorder{pushes: map[string]uint64{}}}
+	s := &Server{ctx: ctx, logger: logger, types: map[string]*typeStore{}, caches: map[string]*cache.LinearCache{},
+		streams: map[int64]*stream{}, proxies: proxyTracker{streams: map[int64]*proxy{}}, stats: statsRecorder{pushes: map[string]uint64{}}}
+	s.maxResponse.Store(DefaultMaxResponseBytes)
 	caches := map[string]cache.Cache{}
 	for _, t := range typeURLs {
+		s.types[t] = &typeStore{typeURL: t, res: map[string]*resource{}}
 		lc := cache.NewLinearCache(t)
-		s.caches[t], caches[t], s.current[t] = lc, lc, map[string]proto.Message{}
+		s.caches[t], caches[t] = lc, lc
 	}
 	mux := &cache.MuxCache{
 		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
 		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
 		Caches:        caches,
 	}
-	s.ads = server.NewServer(ctx, mux, server.CallbackFuncs{
-		DeltaStreamOpenFunc: func(ctx context.Context, id int64, typ string) error {
-			logger.Info("xDS stream opened", "stream", id)
-			s.proxies.open(id)
-			return nil
-		},
-		DeltaStreamClosedFunc: func(id int64, node *corev3.Node) {
-			logger.Info("xDS stream closed", "stream", id, "node", node.GetId())
-			s.proxies.close(id)
-		},
-		StreamDeltaRequestFunc: func(id int64, r *discovery.DeltaDiscoveryRequest) error {
-			s.proxies.request(id, r)
-			if r.GetErrorDetail() != nil {
-				s.stats.nack()
-				logger.Warn("proxy rejected an update", "stream", id, "type", r.GetTypeUrl(), "error", r.GetErrorDetail().GetMessage())
-			}
-			return nil
-		},
-		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, r *discovery.DeltaDiscoveryResponse) {
-			s.proxies.response(id, r)
-		},
-	})
+	s.sotw = server.NewServer(ctx, mux, nil)
 	return s
+}
+
+// adsServer is the ADS service as registered: delta streams are the
+// server's, state-of-the-world ones go-control-plane's.
+type adsServer struct {
+	server.Server
+	s *Server
+}
+
+// DeltaAggregatedResources serves a delta ADS stream (stream.go).
+func (a adsServer) DeltaAggregatedResources(st discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return a.s.serveDelta(st)
+}
+
+// StreamAggregatedResources serves a state-of-the-world ADS stream with
+// go-control-plane's server, its caches filled first if this is the
+// first such stream.
+func (a adsServer) StreamAggregatedResources(st discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	a.s.startSotW()
+	return a.Server.StreamAggregatedResources(st)
+}
+
+// startSotW fills the state-of-the-world caches with what is served, once.
+func (s *Server) startSotW() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sotwOn {
+		return
+	}
+	s.sotwOn = true
+	for url, t := range s.types {
+		t.mu.RLock()
+		set := make(map[string]cachetypes.Resource, len(t.res))
+		for name, r := range t.res {
+			set[name] = r.msg
+		}
+		t.mu.RUnlock()
+		s.caches[url].SetResources(set)
+	}
 }
 
 // Register adds the ADS service to a gRPC server.
 func (s *Server) Register(g *grpc.Server) {
-	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, adsServer{Server: s.sotw, s: s})
 }
+
+// HoldUntil makes delta streams send nothing until ready is closed: a
+// proxy takes a stream's first answer as the whole state, and becomes
+// ready with it, so a control plane that has not built its state yet
+// (just started, sources not synced) must not answer with an empty one.
+// Requests are read meanwhile. Call it before serving.
+func (s *Server) HoldUntil(ready <-chan struct{}) { s.hold = ready }
+
+// SetMaxResponseBytes sets the bound on a delta response's encoded size
+// (DefaultMaxResponseBytes unless set; 0 or less: no bound). A stream
+// reads it as it sends.
+func (s *Server) SetMaxResponseBytes(n int) { s.maxResponse.Store(int64(n)) }
 
 // Publish replaces the served resources of one type by set (by resource
 // name); only what changed (by proto.Equal) and what was removed is sent.
-// The set is kept: callers must not modify it, or its messages, afterwards.
+// The set's messages are kept: callers must not modify them afterwards.
 func (s *Server) Publish(typeURL string, set map[string]proto.Message) error {
-	lc, ok := s.caches[typeURL]
+	t, ok := s.types[typeURL]
 	if !ok {
 		return fmt.Errorf("xds: publishing %s: type not registered", typeURL)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cur := s.current[typeURL]
-	changed := map[string]cachetypes.Resource{}
+	t.mu.RLock()
 	var removed []string
-	for name, m := range set {
-		if old, ok := cur[name]; !ok || !proto.Equal(old, m) {
-			changed[name] = m
-		}
-	}
-	for name := range cur {
+	for name := range t.res {
 		if _, ok := set[name]; !ok {
 			removed = append(removed, name)
 		}
 	}
-	if len(changed) == 0 && len(removed) == 0 {
+	t.mu.RUnlock()
+	return s.publishLocked(t, set, removed)
+}
+
+// PublishDelta changes the served resources of one type: changed are
+// added or replace those of their names, removed are dropped (a name in
+// both is not removed). As with Publish, only what differs (by
+// proto.Equal) and what was there to remove is sent, and the messages
+// must not be modified afterwards. It costs what changed, not the size of
+// the set.
+func (s *Server) PublishDelta(typeURL string, changed map[string]proto.Message, removed []string) error {
+	t, ok := s.types[typeURL]
+	if !ok {
+		return fmt.Errorf("xds: publishing %s: type not registered", typeURL)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []string
+	for _, name := range removed {
+		if _, kept := changed[name]; !kept {
+			gone = append(gone, name)
+		}
+	}
+	return s.publishLocked(t, changed, gone)
+}
+
+// publishLocked applies changed and removed to a type (s.mu held): it
+// encodes what differs, stores it, feeds the state-of-the-world cache and
+// marks the names on every delta stream.
+func (s *Server) publishLocked(t *typeStore, changed map[string]proto.Message, removed []string) error {
+	t.mu.RLock()
+	send := make(map[string]*resource, len(changed))
+	adopt := map[string]proto.Message{} // equal messages: the caller's is kept as current
+	for name, m := range changed {
+		old, ok := t.res[name]
+		switch {
+		case ok && old.msg == m:
+		case ok && proto.Equal(old.msg, m):
+			adopt[name] = m
+		default:
+			send[name] = nil
+		}
+	}
+	var gone []string
+	for _, name := range removed {
+		if _, ok := t.res[name]; ok {
+			gone = append(gone, name)
+		}
+	}
+	t.mu.RUnlock()
+	for name := range send {
+		m := changed[name]
+		b, err := cache.MarshalResource(m)
+		if err != nil {
+			return fmt.Errorf("xds: publishing %s: resource %s: %w", t.typeURL, name, err)
+		}
+		send[name] = &resource{msg: m, wire: &discovery.Resource{Name: name, Version: cache.HashResource(b),
+			Resource: &anypb.Any{TypeUrl: t.typeURL, Value: b}}}
+	}
+	t.mu.Lock()
+	if len(t.res) == 0 && len(send) > 0 {
+		t.res = make(map[string]*resource, len(send)) // the first publish: no growing
+	}
+	for name, m := range adopt {
+		t.res[name] = &resource{msg: m, wire: t.res[name].wire}
+	}
+	for name, r := range send {
+		t.res[name] = r
+	}
+	for _, name := range gone {
+		delete(t.res, name)
+	}
+	if len(send) > 0 || len(gone) > 0 {
+		t.version++
+	}
+	total := len(t.res)
+	t.mu.Unlock()
+	if len(send) == 0 && len(gone) == 0 {
 		return nil
 	}
-	if err := lc.UpdateResources(changed, removed); err != nil {
-		return fmt.Errorf("xds: publishing %s: %w", typeURL, err)
+	names := make([]string, 0, len(send)+len(gone))
+	for name := range send {
+		names = append(names, name)
 	}
-	s.current[typeURL] = maps.Clone(set)
-	s.stats.push(typeURL)
-	s.logger.Info("xDS publish", "type", typeURL, "changed", len(changed), "removed", len(removed), "total", len(set))
+	names = append(names, gone...)
+	if s.sotwOn {
+		resources := make(map[string]cachetypes.Resource, len(send))
+		for name, r := range send {
+			resources[name] = r.msg
+		}
+		if err := s.caches[t.typeURL].UpdateResources(resources, gone); err != nil {
+			s.logger.Error("xDS state-of-the-world cache", "type", t.typeURL, "err", err)
+		}
+	}
+	for _, st := range s.streams {
+		st.mark(t.typeURL, names)
+	}
+	s.stats.push(t.typeURL)
+	s.logger.Info("xDS publish", "type", t.typeURL, "changed", len(send), "removed", len(gone), "total", total)
 	return nil
 }
 
 // Resources returns the resource names currently served for a type, sorted.
 func (s *Server) Resources(typeURL string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Sorted(maps.Keys(s.current[typeURL]))
+	t, ok := s.types[typeURL]
+	if !ok {
+		return nil
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return slices.Sorted(maps.Keys(t.res))
 }
 
 // Typed converts a typed set into the form Publish takes.
