@@ -20,6 +20,14 @@ log() { echo "k8s-testbins: $*" >&2; }
 missing=""
 for c in etcd $COMPONENTS; do [ -x "$OUT/$c" ] || missing="$missing $c"; done
 if [ -z "$missing" ]; then echo "$OUT"; exit 0; fi
+# One build at a time (test packages run this in parallel): wait for the
+# other, then build only what it did not.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9
+missing=""
+for c in etcd $COMPONENTS; do [ -x "$OUT/$c" ] || missing="$missing $c"; done
+if [ -z "$missing" ]; then echo "$OUT"; exit 0; fi
 log "building$missing into $OUT"
 mkdir -p "$OUT"
 SRC=$CACHE/src; mkdir -p "$SRC"
