@@ -10,7 +10,7 @@ CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge \
                github.com/containernetworking/plugins/plugins/main/loopback
 UNIT_PKGS = $$(go list ./... | grep -v /test/e2e)
 
-.PHONY: deps build demo test vet k8s-bins test-unit test-fuzz test-e2e test-interop bench bench-cp bench-tools clean
+.PHONY: deps build demo test vet k8s-bins istiod-bin test-unit test-fuzz test-e2e test-interop bench bench-cp bench-tools clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -34,6 +34,10 @@ vet:
 k8s-bins:
 	@COMPONENTS="kube-apiserver kube-controller-manager" ./hack/k8s-testbins.sh
 
+## istiod-bin: Istio's istiod (pilot-discovery) at test/interop's istio.io/istio version, built from the module proxy, cached under $$HOME/.cache/istiod-bin
+istiod-bin:
+	@./hack/istiod-bin.sh
+
 # Unit tests include the envtest tier (internal/kubetest: a real etcd and kube-apiserver).
 test-unit:
 	AMBIT_K8S_BIN_DIR=$$(COMPONENTS="kube-apiserver kube-controller-manager" ./hack/k8s-testbins.sh) go test -count=1 -timeout 15m $(UNIT_PKGS)
@@ -45,7 +49,10 @@ test-e2e: build
 	AMBIT_BIN_DIR=$(BIN) go test -count=1 -v -timeout 20m ./test/e2e/
 
 test-interop:
-	@if ls test/interop/*_test.go >/dev/null 2>&1; then cd test/interop && go test -count=1 -v -timeout 10m ./...; fi
+	@if ls test/interop/*_test.go >/dev/null 2>&1; then \
+	  AMBIT_K8S_BIN_DIR=$$(COMPONENTS="kube-apiserver kube-controller-manager" ./hack/k8s-testbins.sh) && \
+	  AMBIT_ISTIOD_BIN=$$(./hack/istiod-bin.sh) && export AMBIT_K8S_BIN_DIR AMBIT_ISTIOD_BIN && \
+	  cd test/interop && go test -count=1 -v -timeout 10m ./...; fi
 
 ## bench-tools: fortio (from its Go module), the bench's pod helper, and Istio's Go HBONE pair (from test/interop) into bin/
 bench-tools:
