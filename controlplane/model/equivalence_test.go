@@ -27,6 +27,7 @@ import (
 // to the model sorted, as the store lists them.
 type world struct {
 	r          *rand.Rand
+	podNames   int // pod names per namespace
 	namespaces map[string]*corev1.Namespace
 	pods       map[string]*corev1.Pod
 	services   map[string]*corev1.Service
@@ -173,8 +174,12 @@ func (w *world) newGateway(ns, name string) *gatewayv1.Gateway {
 	return g
 }
 
-func newWorld(seed uint64) *world {
-	w := &world{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), namespaces: map[string]*corev1.Namespace{}, pods: map[string]*corev1.Pod{},
+func newWorld(seed uint64) *world { return newWorldSized(seed, 12, 30) }
+
+// newWorldSized is newWorld with podNames pod names per namespace and
+// podMutations pod changes.
+func newWorldSized(seed uint64, podNames, podMutations int) *world {
+	w := &world{podNames: podNames, r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), namespaces: map[string]*corev1.Namespace{}, pods: map[string]*corev1.Pod{},
 		services: map[string]*corev1.Service{}, policies: map[string]*securityclient.AuthorizationPolicy{},
 		pas: map[string]*securityclient.PeerAuthentication{}, gateways: map[string]*gatewayv1.Gateway{}}
 	if w.chance(0.2) {
@@ -194,7 +199,7 @@ func newWorld(seed uint64) *world {
 			w.pods[ns+"/wp-pod"] = p
 		}
 	}
-	for range 30 {
+	for range podMutations {
 		w.mutatePod()
 	}
 	for range 12 {
@@ -209,7 +214,7 @@ func newWorld(seed uint64) *world {
 // mutatePod adds, changes or deletes one pod.
 func (w *world) mutatePod() PodChange {
 	ns := w.pick(worldNS...)
-	name := fmt.Sprintf("p%d", w.r.IntN(12))
+	name := fmt.Sprintf("p%d", w.r.IntN(w.podNames))
 	key := ns + "/" + name
 	old := w.pods[key]
 	switch {
@@ -484,6 +489,27 @@ func TestBuilderMatchesBuild(t *testing.T) {
 
 // TestBuilderReuses: a change to one pod computes only that pod again, and
 // a delta names only what changed.
+// TestBuilderMatchesBuildAtScale: with thousands of pods the Builder
+// computes them on every CPU; the result is still Build's.
+func TestBuilderMatchesBuildAtScale(t *testing.T) {
+	for seed := range uint64(4) {
+		w := newWorldSized(seed, 600, 4000)
+		in := w.inputs()
+		if len(in.Pods) < 1000 {
+			t.Fatalf("seed %d: only %d pods", seed, len(in.Pods))
+		}
+		b := NewBuilder()
+		b.Build(in)
+		wantAuthz, _ := refBuildAuthorizations(in)
+		if diff := sameSet(b.Addresses(), refBuild(in)); diff != "" {
+			t.Fatalf("seed %d (%d pods): addresses: %s", seed, len(in.Pods), diff)
+		}
+		if diff := sameSet(b.Authorizations(), wantAuthz); diff != "" {
+			t.Fatalf("seed %d (%d pods): authorizations: %s", seed, len(in.Pods), diff)
+		}
+	}
+}
+
 func TestBuilderReuses(t *testing.T) {
 	w := newWorld(7)
 	b := NewBuilder()

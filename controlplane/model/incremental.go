@@ -11,6 +11,7 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/controlplane/authzpolicy"
+	"github.com/ambit-mesh/ambit/internal/parallel"
 )
 
 // Builder computes the model again and again as its inputs change, and
@@ -248,13 +249,25 @@ func (b *Builder) Build(in Inputs) (Delta, []authzpolicy.Warning) {
 		}
 	}
 	b.services, b.boundSvcs = services, boundSvcs
-	pods := make(map[string]*podEntry, len(in.Pods))
-	for _, pod := range in.Pods {
-		key := pod.Namespace + "/" + pod.Name
-		e := b.pods[key]
+	// The pods whose inputs changed are computed again, on every CPU when
+	// there are many (a cold start computes every pod): podEntry only
+	// reads the Builder.
+	keys := make([]string, len(in.Pods))
+	entries := make([]*podEntry, len(in.Pods))
+	var stale []int
+	for i, pod := range in.Pods {
+		keys[i] = pod.Namespace + "/" + pod.Name
+		e := b.pods[keys[i]]
 		if e == nil || e.pod != pod || e.gen != b.gen || e.nsGen != b.nsGen[pod.Namespace] {
-			e = b.podEntry(pod)
+			stale = append(stale, i)
+		} else {
+			entries[i] = e
 		}
+	}
+	parallel.For(len(stale), func(j int) { entries[stale[j]] = b.podEntry(in.Pods[stale[j]]) })
+	pods := make(map[string]*podEntry, len(in.Pods))
+	for i := range in.Pods {
+		key, e := keys[i], entries[i]
 		pods[key] = e
 		if e.addr != nil {
 			next[e.addr.GetWorkload().GetUid()] = e.addr
@@ -270,8 +283,8 @@ func (b *Builder) Build(in Inputs) (Delta, []authzpolicy.Warning) {
 	b.addresses = next
 
 	b.paRefs, b.paObj = map[string]int{}, map[string]*security.Authorization{}
-	for _, pod := range in.Pods { // in input order: the last pod naming a key wins, as in BuildAuthorizations
-		b.addPA(pods[pod.Namespace+"/"+pod.Name].pa, 1)
+	for _, e := range entries { // in input order: the last pod naming a key wins, as in BuildAuthorizations
+		b.addPA(e.pa, 1)
 	}
 	warnings := b.translate(in.Policies, in.RootNamespace)
 	authz := maps.Clone(b.paObj)

@@ -40,6 +40,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/ambit-mesh/ambit/internal/parallel"
 )
 
 // Type URLs of the ambient (WDS) resources.
@@ -252,14 +254,28 @@ func (s *Server) publishLocked(t *typeStore, changed map[string]proto.Message, r
 		}
 	}
 	t.mu.RUnlock()
-	for name := range send {
-		m := changed[name]
+	// Encoding is most of a large publish's cost (a cold start's is the
+	// whole mesh): on every CPU.
+	names := slices.Collect(maps.Keys(send))
+	encoded := make([]*resource, len(names))
+	errs := make([]error, len(names))
+	parallel.For(len(names), func(i int) {
+		m := changed[names[i]]
 		b, err := cache.MarshalResource(m)
 		if err != nil {
-			return fmt.Errorf("xds: publishing %s: resource %s: %w", t.typeURL, name, err)
+			errs[i] = fmt.Errorf("xds: publishing %s: resource %s: %w", t.typeURL, names[i], err)
+			return
 		}
-		send[name] = &resource{msg: m, wire: &discovery.Resource{Name: name, Version: cache.HashResource(b),
+		encoded[i] = &resource{msg: m, wire: &discovery.Resource{Name: names[i], Version: cache.HashResource(b),
 			Resource: &anypb.Any{TypeUrl: t.typeURL, Value: b}}}
+	})
+	for _, err := range errs {
+		if err != nil {
+			return err // the first, not one per resource
+		}
+	}
+	for i, name := range names {
+		send[name] = encoded[i]
 	}
 	t.mu.Lock()
 	if len(t.res) == 0 && len(send) > 0 {
@@ -281,10 +297,6 @@ func (s *Server) publishLocked(t *typeStore, changed map[string]proto.Message, r
 	t.mu.Unlock()
 	if len(send) == 0 && len(gone) == 0 {
 		return nil
-	}
-	names := make([]string, 0, len(send)+len(gone))
-	for name := range send {
-		names = append(names, name)
 	}
 	names = append(names, gone...)
 	if s.sotwOn {
