@@ -76,6 +76,9 @@ type Status struct {
 	Waypoints       []model.WaypointStatus `json:"waypoints,omitempty"`
 	BindingProblems []model.BindingProblem `json:"bindingProblems,omitempty"`
 	Routes          []RouteStatus          `json:"routes,omitempty"`
+	// Policies are the AuthorizationPolicies' conditions (ZtunnelAccepted
+	// or WaypointAccepted), sorted by namespace/name.
+	Policies []model.PolicyStatus `json:"policies,omitempty"`
 }
 
 // RouteStatus is one route parentRef's conditions.
@@ -527,11 +530,12 @@ func routeInputs(in model.Inputs, st *Store) routes.Inputs {
 	return out
 }
 
-// buildStatus gathers waypoint, binding and route status (the model's
+// buildStatus gathers waypoint, binding, route and policy status (the model's
 // model.WaypointReport for its last inputs).
 func buildStatus(m *model.Builder, rt routes.Output) Status {
 	var st Status
 	st.Waypoints, st.BindingProblems = m.WaypointReport()
+	st.Policies = m.PolicyReport()
 	for k, conds := range rt.Conditions {
 		st.Routes = append(st.Routes, RouteStatus{Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Parent: k.ParentIndex, Conditions: conds})
 	}

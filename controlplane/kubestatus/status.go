@@ -6,7 +6,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	metav1alpha1 "istio.io/api/meta/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -29,8 +33,11 @@ func (k objectKey) String() string { return k.Kind + " " + k.Namespace + "/" + k
 // reports: nothing for a Gateway (it is gone, or no longer a waypoint: its
 // last status stays), no entries of ours for a route.
 func (k objectKey) empty() any {
-	if k.Kind == config.KindGateway {
+	switch k.Kind {
+	case config.KindGateway:
 		return gatewayWant{}
+	case config.KindAuthorizationPolicy:
+		return policyWant{}
 	}
 	return routeWant{}
 }
@@ -41,8 +48,17 @@ func isEmpty(d any) bool {
 		return len(d.Conditions) == 0
 	case routeWant:
 		return len(d.Parents) == 0
+	case policyWant:
+		return len(d.Conditions) == 0
 	}
 	return true
+}
+
+// policyWant is the condition an AuthorizationPolicy gets (istiod's
+// ZtunnelAccepted or WaypointAccepted); empty, the writer removes its
+// condition types from the policy.
+type policyWant struct {
+	Conditions []metav1.Condition
 }
 
 // gatewayWant is the part of a waypoint Gateway's status the writer sets.
@@ -78,6 +94,9 @@ func (w *Writer) desired(st controller.Status) map[objectKey]any {
 		}
 		rw.Parents[rs.Parent] = rs.Conditions
 		out[k] = rw
+	}
+	for _, ps := range st.Policies {
+		out[objectKey{config.KindAuthorizationPolicy, ps.Namespace, ps.Name}] = policyWant{Conditions: []metav1.Condition{ps.Condition}}
 	}
 	return out
 }
@@ -139,6 +158,8 @@ func (w *Writer) write(ctx context.Context, k objectKey, d any) (changed, gone b
 			changed, err = w.writeGateway(ctx, k, d)
 		case routeWant:
 			changed, err = w.writeRoute(ctx, k, d)
+		case policyWant:
+			changed, err = w.writePolicy(ctx, k, d)
 		}
 		return err
 	})
@@ -290,4 +311,52 @@ func parentKey(p gatewayv1.ParentReference, routeNS string) string {
 		port = strconv.Itoa(int(*p.Port))
 	}
 	return strings.Join([]string{group, kind, ns, string(p.Name), section, port}, "/")
+}
+
+// policyConditionTypes are the AuthorizationPolicy conditions the writer
+// owns.
+var policyConditionTypes = []string{model.ConditionZtunnelAccepted, model.ConditionWaypointAccepted}
+
+func (w *Writer) writePolicy(ctx context.Context, k objectKey, d policyWant) (bool, error) {
+	client := w.istio.SecurityV1().AuthorizationPolicies(k.Namespace)
+	ap, err := client.Get(ctx, k.Name, metav1.GetOptions{})
+	if err != nil {
+		return false, err
+	}
+	conds := mergePolicyConditions(ap.Status.GetConditions(), d.Conditions, time.Now())
+	if slices.EqualFunc(conds, ap.Status.GetConditions(), func(a, b *metav1alpha1.IstioCondition) bool { return proto.Equal(a, b) }) {
+		return false, nil
+	}
+	ap.Status.Conditions = conds
+	_, err = client.UpdateStatus(ctx, ap, metav1.UpdateOptions{FieldManager: FieldManager})
+	return err == nil, err
+}
+
+// mergePolicyConditions returns a policy's status conditions with the
+// writer's types set to want: other conditions are kept as they are, in
+// their order; ours follow, in want's order. A condition keeps its
+// lastTransitionTime while its status does not change; now is the time of
+// a change.
+func mergePolicyConditions(cur []*metav1alpha1.IstioCondition, want []metav1.Condition, now time.Time) []*metav1alpha1.IstioCondition {
+	var out []*metav1alpha1.IstioCondition
+	old := map[string]*metav1alpha1.IstioCondition{}
+	for _, c := range cur {
+		if slices.Contains(policyConditionTypes, c.GetType()) {
+			old[c.GetType()] = c
+			continue
+		}
+		out = append(out, c)
+	}
+	for _, w := range want {
+		c := &metav1alpha1.IstioCondition{Type: w.Type, Status: string(w.Status), Reason: w.Reason, Message: w.Message,
+			ObservedGeneration: w.ObservedGeneration, LastTransitionTime: timestamppb.New(now)}
+		if o := old[w.Type]; o != nil && o.GetStatus() == c.Status && o.GetLastTransitionTime() != nil {
+			c.LastTransitionTime = o.GetLastTransitionTime()
+		}
+		if o := old[w.Type]; o != nil {
+			c.LastProbeTime = o.GetLastProbeTime()
+		}
+		out = append(out, c)
+	}
+	return out
 }

@@ -2,9 +2,13 @@ package kubestatus
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	metav1alpha1 "istio.io/api/meta/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -117,7 +121,7 @@ type objects map[config.Key]config.Object
 func (o objects) Get(k config.Key) (config.Object, bool) { v, ok := o[k]; return v, ok }
 
 func TestDesired(t *testing.T) {
-	w := NewForClients(nil, nil, Options{Objects: objects{
+	w := NewForClients(nil, nil, nil, Options{Objects: objects{
 		{Kind: config.KindService, Namespace: "shop", Name: "waypoint"}: &corev1.Service{Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.20"}},
 	}})
 	ip, host := gatewayv1.IPAddressType, gatewayv1.HostnameAddressType
@@ -186,5 +190,45 @@ func TestDesired(t *testing.T) {
 	}
 	if _, ok := d[objectKey{"Gateway", "shop", "ingress"}]; ok {
 		t.Error("a Gateway of another class is written")
+	}
+}
+
+func TestMergePolicyConditions(t *testing.T) {
+	t0, t1 := time.Unix(1000, 0), time.Unix(2000, 0)
+	ic := func(typ, status, reason string, at time.Time) *metav1alpha1.IstioCondition {
+		return &metav1alpha1.IstioCondition{Type: typ, Status: status, Reason: reason, LastTransitionTime: timestamppb.New(at)}
+	}
+	want := func(typ string, status metav1.ConditionStatus, reason string) metav1.Condition {
+		return metav1.Condition{Type: typ, Status: status, Reason: reason}
+	}
+	for _, tc := range []struct {
+		name string
+		cur  []*metav1alpha1.IstioCondition
+		want []metav1.Condition
+		out  []*metav1alpha1.IstioCondition
+	}{
+		{"new", nil, []metav1.Condition{want("ZtunnelAccepted", "True", "Accepted")},
+			[]*metav1alpha1.IstioCondition{ic("ZtunnelAccepted", "True", "Accepted", t1)}},
+		{"same status keeps its time", []*metav1alpha1.IstioCondition{ic("ZtunnelAccepted", "True", "Accepted", t0)},
+			[]metav1.Condition{want("ZtunnelAccepted", "True", "UnsupportedValue")},
+			[]*metav1alpha1.IstioCondition{ic("ZtunnelAccepted", "True", "UnsupportedValue", t0)}},
+		{"flipped status takes now", []*metav1alpha1.IstioCondition{ic("ZtunnelAccepted", "True", "Accepted", t0)},
+			[]metav1.Condition{want("ZtunnelAccepted", "False", "UnsupportedValue")},
+			[]*metav1alpha1.IstioCondition{ic("ZtunnelAccepted", "False", "UnsupportedValue", t1)}},
+		{"others kept first", []*metav1alpha1.IstioCondition{ic("ZtunnelAccepted", "True", "Accepted", t0), ic("Reconciled", "True", "x", t0)},
+			[]metav1.Condition{want("ZtunnelAccepted", "True", "Accepted")},
+			[]*metav1alpha1.IstioCondition{ic("Reconciled", "True", "x", t0), ic("ZtunnelAccepted", "True", "Accepted", t0)}},
+		{"type changes: the old one goes", []*metav1alpha1.IstioCondition{ic("ZtunnelAccepted", "True", "Accepted", t0)},
+			[]metav1.Condition{want("WaypointAccepted", "True", "Accepted")},
+			[]*metav1alpha1.IstioCondition{ic("WaypointAccepted", "True", "Accepted", t1)}},
+		{"nothing wanted: ours removed", []*metav1alpha1.IstioCondition{ic("Reconciled", "True", "x", t0), ic("WaypointAccepted", "True", "Accepted", t0)},
+			nil, []*metav1alpha1.IstioCondition{ic("Reconciled", "True", "x", t0)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := mergePolicyConditions(tc.cur, tc.want, t1)
+			if !slices.EqualFunc(got, tc.out, func(a, b *metav1alpha1.IstioCondition) bool { return proto.Equal(a, b) }) {
+				t.Errorf("got %v\nwant %v", got, tc.out)
+			}
+		})
 	}
 }

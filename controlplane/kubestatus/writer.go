@@ -1,8 +1,9 @@
-// Package kubestatus writes what the control plane says about waypoints
-// and routes (controller.Status) back to the Kubernetes API server, as
-// upstream Istio does: a waypoint Gateway's status (Accepted and Programmed
-// conditions, addresses) and each route's status.parents entries for the
-// parentRefs the control plane translated. It writes through the status
+// Package kubestatus writes what the control plane says about waypoints,
+// routes and policies (controller.Status) back to the Kubernetes API
+// server, as upstream Istio does: a waypoint Gateway's status (Accepted and
+// Programmed conditions, addresses), each route's status.parents entries
+// for the parentRefs the control plane translated, and an
+// AuthorizationPolicy's ZtunnelAccepted or WaypointAccepted condition. It writes through the status
 // subresource, reading the current object and updating with conflict
 // retry, and only when something changed.
 //
@@ -28,6 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -101,6 +103,7 @@ type Writer struct {
 	logger  *slog.Logger
 	kube    kubernetes.Interface
 	gateway gwclient.Interface
+	istio   istioclient.Interface
 
 	kickc  chan struct{} // capacity 1: the status changed
 	leader atomic.Bool
@@ -127,11 +130,15 @@ func New(cfg *rest.Config, o Options) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubestatus: gateway-api client: %w", err)
 	}
-	return NewForClients(kube, gw, o), nil
+	ic, err := istioclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubestatus: istio client: %w", err)
+	}
+	return NewForClients(kube, gw, ic, o), nil
 }
 
 // NewForClients returns a Writer that uses the given clientsets.
-func NewForClients(kube kubernetes.Interface, gateway gwclient.Interface, o Options) *Writer {
+func NewForClients(kube kubernetes.Interface, gateway gwclient.Interface, istio istioclient.Interface, o Options) *Writer {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -166,7 +173,7 @@ func NewForClients(kube kubernetes.Interface, gateway gwclient.Interface, o Opti
 		o.Domain = "cluster.local"
 	}
 	return &Writer{opts: o, logger: o.Logger.With("component", "status", "identity", o.Identity),
-		kube: kube, gateway: gateway, kickc: make(chan struct{}, 1)}
+		kube: kube, gateway: gateway, istio: istio, kickc: make(chan struct{}, 1)}
 }
 
 // Identity is this replica's name in the Lease.

@@ -2,6 +2,7 @@ package kubestatus_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -9,6 +10,10 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -133,7 +138,60 @@ func setup(t *testing.T) (*kubetest.Server, gwclient.Interface) {
 			Rules: []gatewayv1.HTTPRouteRule{{BackendRefs: []gatewayv1.HTTPBackendRef{{BackendRef: gatewayv1.BackendRef{
 				BackendObjectReference: gatewayv1.BackendObjectReference{Name: "no-such-service", Port: ptr.To(gatewayv1.PortNumber(8080))}}}}}}}},
 		metav1.CreateOptions{}))
+	ic, err := istioclient.NewForConfig(srv.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, set := range map[string]func(*securityv1beta1.AuthorizationPolicy){
+		"l4": func(s *securityv1beta1.AuthorizationPolicy) {
+			s.Rules = []*securityv1beta1.Rule{{From: []*securityv1beta1.Rule_From{{Source: &securityv1beta1.Source{
+				Principals: []string{"cluster.local/ns/shop/sa/client"}}}}}}
+		},
+		"http": func(s *securityv1beta1.AuthorizationPolicy) {
+			s.Rules = []*securityv1beta1.Rule{{To: []*securityv1beta1.Rule_To{{Operation: &securityv1beta1.Operation{
+				Methods: []string{"GET"}}}}}}
+		},
+		"audit": func(s *securityv1beta1.AuthorizationPolicy) { s.Action = securityv1beta1.AuthorizationPolicy_AUDIT },
+		"at-waypoint": func(s *securityv1beta1.AuthorizationPolicy) {
+			s.TargetRefs = []*typev1beta1.PolicyTargetReference{{Kind: "Gateway", Group: "gateway.networking.k8s.io", Name: "waypoint"}}
+		},
+		"at-service": func(s *securityv1beta1.AuthorizationPolicy) {
+			s.TargetRefs = []*typev1beta1.PolicyTargetReference{{Kind: "Service", Name: "unbound"}}
+		},
+	} {
+		p := &securityv1.AuthorizationPolicy{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"}}
+		set(&p.Spec)
+		must(ic.SecurityV1().AuthorizationPolicies("shop").Create(ctx, p, metav1.CreateOptions{}))
+	}
+	must(kube.CoreV1().Services("shop").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "unbound",
+		Labels: map[string]string{"istio.io/use-waypoint": "none"}},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "unbound"}, Ports: []corev1.ServicePort{{Name: "tcp", Port: 9000}}}}, metav1.CreateOptions{}))
 	return srv, gw
+}
+
+// policyIs checks an AuthorizationPolicy's condition of our types, as
+// "Type=Status/Reason".
+func policyIs(t *testing.T, srv *kubetest.Server, name, want string) func() (bool, string) {
+	ic, err := istioclient.NewForConfig(srv.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() (bool, string) {
+		p, err := ic.SecurityV1().AuthorizationPolicies("shop").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var got []string
+		for _, c := range p.Status.GetConditions() {
+			if c.GetType() == "ZtunnelAccepted" || c.GetType() == "WaypointAccepted" {
+				got = append(got, c.GetType()+"="+c.GetStatus()+"/"+c.GetReason())
+				if c.GetObservedGeneration() != p.Generation || c.GetMessage() == "" || c.GetLastTransitionTime() == nil {
+					return false, fmt.Sprintf("condition %v: generation, message or time missing", c)
+				}
+			}
+		}
+		return len(got) == 1 && got[0] == want, fmt.Sprint(got)
+	}
 }
 
 // runPod creates a pod and reports it running, as a kubelet would.
@@ -237,6 +295,15 @@ func TestStatusWriteBack(t *testing.T) {
 	rep := startReplica(t, srv, "only")
 	eventually(t, "the waypoint Gateway programmed", 20*time.Second, gatewayIs(t, gw, "True/Programmed"))
 	eventually(t, "the route's missing backend reported", 20*time.Second, routeIs(gw, "False/BackendNotFound"))
+	for _, tc := range []struct{ name, want string }{
+		{"l4", "ZtunnelAccepted=True/Accepted"},
+		{"http", "ZtunnelAccepted=True/UnsupportedValue"},
+		{"audit", "ZtunnelAccepted=False/UnsupportedValue"},
+		{"at-waypoint", "WaypointAccepted=True/Accepted"},
+		{"at-service", "WaypointAccepted=False/AncestorNotBound"},
+	} {
+		eventually(t, "policy "+tc.name+" "+tc.want, 20*time.Second, policyIs(t, srv, tc.name, tc.want))
+	}
 	t.Logf("status written %s after the start", time.Since(start).Round(time.Millisecond))
 	r, err = gw.GatewayV1().HTTPRoutes("shop").Get(ctx, "echo", metav1.GetOptions{})
 	if err != nil {
