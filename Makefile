@@ -10,7 +10,7 @@ CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge \
                github.com/containernetworking/plugins/plugins/main/loopback
 UNIT_PKGS = $$(go list ./... | grep -v /test/e2e)
 
-.PHONY: deps build demo test vet k8s-bins istiod-bin test-unit test-fuzz test-e2e test-interop bench bench-cp bench-tools clean
+.PHONY: deps build demo test vet k8s-bins istiod-bin test-unit test-fuzz test-e2e test-interop bench bench-cp bench-cp-apiserver bench-tools clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -68,6 +68,10 @@ bench: deps build bench-tools
 ## bench-cp: the control-plane scale benchmark, in process (50,000 pods, 5,000 services, two delta xDS clients over loopback gRPC), report and raw JSON to bench/results/cpscale-*
 bench-cp:
 	go run ./bench/cpscale -out bench/results
+
+## bench-cp-apiserver: the same through a real kube-apiserver and etcd (internal/kubetest) and the Kubernetes config source (10,000 pods, 1,000 services), report and raw JSON to bench/results/cpscale-apiserver-*
+bench-cp-apiserver:
+	AMBIT_K8S_BIN_DIR=$$(COMPONENTS="kube-apiserver kube-controller-manager" ./hack/k8s-testbins.sh) go run ./bench/cpscale -backend apiserver -out bench/results
 
 clean:
 	rm -rf $(BIN)

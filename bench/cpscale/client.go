@@ -29,7 +29,7 @@ import (
 // The xDS clients run in a child process (the benchmark binary re-run with
 // clientEnv set to the server's address), so that their decoding is not
 // counted as the control plane's CPU and memory. The parent drives it over
-// stdin ("connect <id>", "close <id>"; EOF ends it) and reads one JSON
+// stdin ("connect <id>", "digest <id>", "close <id>"; EOF ends it) and reads one JSON
 // event per line on its stdout.
 const clientEnv = "AMBIT_CPSCALE_CLIENT"
 
@@ -57,6 +57,31 @@ type clientEvent struct {
 	WorkloadSum uint64   `json:"ws"`
 	ServiceSum  uint64   `json:"ss"`
 	Details     []detail `json:"d,omitempty"`
+	// For "digest" (the answer to "digest <id>"): order-independent
+	// digests of everything the client holds, content included (see
+	// contentHash), and, for a small state, each resource's hash.
+	AddressDigest uint64            `json:"ad,omitempty"`
+	PolicyDigest  uint64            `json:"pd,omitempty"`
+	Hashes        map[string]uint64 `json:"h,omitempty"`
+}
+
+// hashLimit: a digest lists each resource's hash when the client holds
+// at most this many (to name what differs).
+const hashLimit = 2000
+
+// contentHash is one resource's contribution to a digest: FNV-64a of its
+// name and its deterministic protobuf encoding. The client re-encodes
+// what it decoded, so that map order on the wire does not matter.
+func contentHash(name string, m proto.Message) (uint64, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	h.Write(b)
+	return h.Sum64(), nil
 }
 
 // detail is one resource of a small response.
@@ -89,6 +114,8 @@ func runClientProcess(addr string, in io.Reader, out io.Writer) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cancels := map[int]context.CancelFunc{}
+	var cmu sync.Mutex
+	running := map[int]*benchClient{}
 	var wg sync.WaitGroup
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
@@ -105,11 +132,26 @@ func runClientProcess(addr string, in io.Reader, out io.Writer) error {
 			go func() {
 				defer wg.Done()
 				c := &benchClient{id: id, emit: emit}
+				cmu.Lock()
+				running[id] = c
+				cmu.Unlock()
 				if err := c.run(cctx, addr); err != nil && cctx.Err() == nil {
 					emit(clientEvent{Client: id, Event: "error", T: time.Now().UnixNano(), Err: err.Error()})
 				}
 				emit(clientEvent{Client: id, Event: "closed", T: time.Now().UnixNano()})
 			}()
+		case "digest":
+			cmu.Lock()
+			c := running[id]
+			cmu.Unlock()
+			ev := clientEvent{Client: id, Event: "digest"}
+			if c == nil {
+				ev.Err = "no such client"
+			} else {
+				c.digest(&ev)
+			}
+			ev.T = time.Now().UnixNano()
+			emit(ev)
 		case "close":
 			if c := cancels[id]; c != nil {
 				c()
@@ -136,6 +178,47 @@ type benchClient struct {
 	policies                map[string]bool
 	workloadSum, serviceSum uint64
 	workloads, services     int
+
+	// raw holds each resource's encoding as received, for digests (read
+	// by the command loop, hence the lock).
+	mu                   sync.Mutex
+	rawAddr, rawPolicies map[string][]byte
+}
+
+// digest fills ev with the digests of what the client holds.
+func (c *benchClient) digest(ev *clientEvent) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	small := len(c.rawAddr)+len(c.rawPolicies) <= hashLimit
+	if small {
+		ev.Hashes = map[string]uint64{}
+	}
+	sum := func(raw map[string][]byte, newMsg func() proto.Message) (uint64, error) {
+		var total uint64
+		for name, b := range raw {
+			m := newMsg()
+			if err := proto.Unmarshal(b, m); err != nil {
+				return 0, fmt.Errorf("resource %s: %w", name, err)
+			}
+			h, err := contentHash(name, m)
+			if err != nil {
+				return 0, fmt.Errorf("resource %s: %w", name, err)
+			}
+			total += h
+			if small {
+				ev.Hashes[name] = h
+			}
+		}
+		return total, nil
+	}
+	var err error
+	if ev.AddressDigest, err = sum(c.rawAddr, func() proto.Message { return &workloadapi.Address{} }); err == nil {
+		ev.PolicyDigest, err = sum(c.rawPolicies, func() proto.Message { return &security.Authorization{} })
+	}
+	if err != nil {
+		ev.Err = err.Error()
+	}
+	ev.Workloads, ev.Services, ev.Policies = c.workloads, c.services, len(c.policies)
 }
 
 func (c *benchClient) run(ctx context.Context, addr string) error {
@@ -155,6 +238,7 @@ func (c *benchClient) run(ctx context.Context, addr string) error {
 		}
 	}
 	c.kinds, c.policies = map[string]byte{}, map[string]bool{}
+	c.rawAddr, c.rawPolicies = map[string][]byte{}, map[string][]byte{}
 	for {
 		resp, err := st.Recv()
 		if err != nil {
@@ -165,6 +249,7 @@ func (c *benchClient) run(ctx context.Context, addr string) error {
 			Removed: len(resp.GetRemovedResources())}
 		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
 		var bad error
+		c.mu.Lock()
 		switch resp.GetTypeUrl() {
 		case xds.AddressType:
 			ev.Type = "address"
@@ -175,12 +260,13 @@ func (c *benchClient) run(ctx context.Context, addr string) error {
 		default:
 			bad = fmt.Errorf("unexpected type %s", resp.GetTypeUrl())
 		}
+		ev.Workloads, ev.Services, ev.Policies = c.workloads, c.services, len(c.policies)
+		ev.WorkloadSum, ev.ServiceSum = c.workloadSum, c.serviceSum
+		c.mu.Unlock()
 		if bad != nil {
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: bad.Error()}
 			ev.Err = bad.Error()
 		}
-		ev.Workloads, ev.Services, ev.Policies = c.workloads, c.services, len(c.policies)
-		ev.WorkloadSum, ev.ServiceSum = c.workloadSum, c.serviceSum
 		c.emit(ev)
 		if err := st.Send(ack); err != nil {
 			return fmt.Errorf("client %d: acknowledging: %w", c.id, err)
@@ -222,6 +308,7 @@ func (c *benchClient) addresses(resp *discovery.DeltaDiscoveryResponse, ev *clie
 			c.add(r.GetName(), kind, 1)
 		}
 		c.kinds[r.GetName()] = kind
+		c.rawAddr[r.GetName()] = r.GetResource().GetValue()
 		if small {
 			ev.Details = append(ev.Details, d)
 		}
@@ -231,6 +318,7 @@ func (c *benchClient) addresses(resp *discovery.DeltaDiscoveryResponse, ev *clie
 			c.add(name, kind, -1)
 			delete(c.kinds, name)
 		}
+		delete(c.rawAddr, name)
 		if small {
 			ev.Details = append(ev.Details, detail{Name: name, Removed: true})
 		}
@@ -256,9 +344,11 @@ func (c *benchClient) authorizations(resp *discovery.DeltaDiscoveryResponse) err
 			return fmt.Errorf("policy %s: %w", r.GetName(), err)
 		}
 		c.policies[r.GetName()] = true
+		c.rawPolicies[r.GetName()] = r.GetResource().GetValue()
 	}
 	for _, name := range resp.GetRemovedResources() {
 		delete(c.policies, name)
+		delete(c.rawPolicies, name)
 	}
 	return nil
 }

@@ -35,6 +35,7 @@ type clientView struct {
 	bytes    int64                // all responses, bytes
 	byName   map[string]timedItem // the latest detail per resource name
 	closed   bool
+	digest   *clientEvent // the answer to the last "digest" command
 	// addressMessages counts the address responses; fullAt is when the
 	// client first held a full push (0: not yet), after fullMessages
 	// responses of which fullAddressMessages were addresses.
@@ -107,6 +108,9 @@ func (p *clientProcess) read(r io.Reader) {
 			if p.err == nil {
 				p.err = fmt.Errorf("client %d: %s", ev.Client, ev.Err)
 			}
+		case "digest":
+			d := ev
+			v.digest = &d
 		case "closed":
 			v.closed = true
 		}
@@ -175,6 +179,29 @@ func (p *clientProcess) wait(ctx context.Context, timeout time.Duration, what st
 			return fmt.Errorf("waiting for %s: %w", what, context.Cause(ctx))
 		}
 	}
+}
+
+// digestOf asks client id for the digests of what it holds and returns its
+// answer.
+func (p *clientProcess) digestOf(ctx context.Context, timeout time.Duration, id int) (clientEvent, error) {
+	p.mu.Lock()
+	p.view(id).digest = nil
+	p.mu.Unlock()
+	if err := p.command("digest %d", id); err != nil {
+		return clientEvent{}, err
+	}
+	var out clientEvent
+	err := p.wait(ctx, timeout, fmt.Sprintf("client %d's digest", id), func(v map[int]*clientView) bool {
+		if d := v[id].digest; d != nil {
+			out = *d
+			return true
+		}
+		return false
+	})
+	if err == nil && out.Err != "" {
+		err = fmt.Errorf("client %d's digest: %s", id, out.Err)
+	}
+	return out, err
 }
 
 // snapshot returns a copy of one client's view.

@@ -64,6 +64,12 @@ func TestSmallScale(t *testing.T) {
 	if res.Rejections != 0 {
 		t.Errorf("%d NACKs", res.Rejections)
 	}
+	if !res.Verified.OK || len(res.Verified.Clients) != 3 {
+		t.Errorf("verification %+v", res.Verified)
+	}
+	if res.Mode != "memory" || res.Extra != 0 || res.Setup != nil || len(res.Processes) != 0 {
+		t.Errorf("mode %q extra %d setup %v processes %v", res.Mode, res.Extra, res.Setup, res.Processes)
+	}
 	if res.Memory.RSSMB <= 0 || res.FirstPush.CPUSeconds <= 0 {
 		t.Errorf("no measurements: memory %+v cpu %v", res.Memory, res.FirstPush.CPUSeconds)
 	}

@@ -57,9 +57,12 @@ type Result struct {
 	Host    Host      `json:"host"`
 	Spec    Spec      `json:"spec"`
 	Backend string    `json:"backend"`
-	// Objects is how many config objects the mesh has; Expected what the
-	// clients must hold.
+	Mode    string    `json:"mode"`
+	// Objects is how many config objects the mesh has; Extra how many the
+	// backend holds besides (an API server's own namespaces and Service);
+	// Expected what the clients must hold.
 	Objects         int      `json:"objects"`
+	Extra           int      `json:"extra_objects"`
 	Expected        Expected `json:"expected"`
 	GenerateSeconds float64  `json:"generate_seconds"`
 	// Baseline is the process after generating the mesh, before the
@@ -76,12 +79,22 @@ type Result struct {
 	LastBuildMs      float64  `json:"last_build_ms"`
 	Rejections       uint64   `json:"rejections"`
 	ClientCPUSeconds float64  `json:"client_process_cpu_seconds"`
+	// Setup is how the backend was filled (API server backend only).
+	Setup *Setup `json:"setup,omitempty"`
+	// Processes are the backend's other processes (etcd, kube-apiserver),
+	// sampled as the control plane starts, after the first push, after
+	// the changes and at the end.
+	Processes []ProcessSample `json:"other_processes,omitempty"`
+	// Verified: the clients' final state against the model built from
+	// the mesh's final state.
+	Verified Verification `json:"verified"`
 }
 
 // Host describes the machine.
 type Host struct {
 	CPUs      int    `json:"cpus"`
 	LoadAvg   string `json:"loadavg_at_start"`
+	LoadEnd   string `json:"loadavg_at_end"`
 	GoVersion string `json:"go_version"`
 	GOMAXPROC int    `json:"gomaxprocs"`
 }
@@ -143,12 +156,18 @@ type Changes struct {
 	// BuildMs is each change's build duration (controller stats).
 	BuildMsP50 float64 `json:"build_ms_p50"`
 	BuildMsMax float64 `json:"build_ms_max"`
+	// WriteMs is the backend's Update call (not part of the latency).
+	WriteMsP50 float64 `json:"write_ms_p50"`
+	WriteMsMax float64 `json:"write_ms_max"`
 }
 
-// ChangeItem is one change: per client, from Update to receipt.
+// ChangeItem is one change: per client, from the return of the
+// backend's Update (for the API server, the write's response) to receipt;
+// WriteMs is the Update call itself.
 type ChangeItem struct {
 	What     string    `json:"what"`
 	Workload string    `json:"workload"`
+	WriteMs  float64   `json:"write_ms"`
 	ClientMs []float64 `json:"client_ms"`
 	Ms       float64   `json:"ms"`
 	BuildMs  float64   `json:"build_ms"`
@@ -222,7 +241,6 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	objs := mesh.Objects()
 	res.Objects = len(objs)
-	res.Expected = expected(mesh)
 	res.GenerateSeconds = since(began)
 	o.Progress.Info("mesh generated", "objects", len(objs), "pods", len(mesh.Pods), "services", len(mesh.Services), "seconds", res.GenerateSeconds)
 
@@ -233,7 +251,24 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("backend: %w", err)
 	}
 	defer backend.Close()
-	res.Backend = backend.Name()
+	res.Backend, res.Mode = backend.Name(), backend.Mode()
+	var extra []config.Object
+	if h, ok := backend.(ExtraHolder); ok {
+		extra = h.Extra()
+	}
+	res.Extra = len(extra)
+	res.Expected = expected(mesh, extra)
+	if r, ok := backend.(SetupReporter); ok {
+		res.Setup = r.Setup()
+	}
+	sample := func(when string) {
+		if r, ok := backend.(ProcessReporter); ok {
+			for _, p := range r.Processes() {
+				p.When = when
+				res.Processes = append(res.Processes, p)
+			}
+		}
+	}
 
 	srv := xds.New(ctx, o.Logger.With("component", "xds"), xds.AmbientTypes()...)
 	if o.MaxResponseBytes > 0 {
@@ -294,6 +329,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			endProfile()
 		}
 	}()
+	sample(phaseStart)
 	cpu0, start := cpuSeconds(), time.Now()
 	runErr := make(chan error, 1)
 	go func() { runErr <- ctrl.Run(ctx) }()
@@ -343,12 +379,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	fp.ReadySeconds = sinceStart(start, readyAt.Load())
 	fp.BuildMs = float64(ctrl.Stats().LastDuration.Microseconds()) / 1000
 	fp.Memory = readMemory()
+	sample(phaseFirstPush)
 	res.MaxMessage.FirstPushAddressResponses = clients.snapshot(0).fullAddressMessages
 	o.Progress.Info("first push", "seconds", fp.Seconds, "cpu", fp.CPUSeconds, "rss_mb", fp.Memory.RSSMB)
 
 	if err := runChanges(ctx, o, mesh, backend, clients, ctrl, &res.Changes); err != nil {
 		return nil, err
 	}
+	sample(phaseChanges)
 
 	// A new node's ztunnel joins.
 	cpu1, t1 := cpuSeconds(), time.Now()
@@ -361,11 +399,18 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	v := clients.snapshot(2)
 	res.NewClient = NewClient{Seconds: float64(v.fullAt-t1.UnixNano()) / 1e9, Messages: v.fullMessages, CPUSeconds: cpuSeconds() - cpu1}
 	o.Progress.Info("new client", "seconds", res.NewClient.Seconds)
+
+	res.Memory = readMemory()
+	sample(phaseEnd)
+	// Last, outside every figure: what the three clients hold, content
+	// included, against the model of the mesh's final state.
+	if res.Verified, err = verify(ctx, o.Timeout, clients, []int{0, 1, 2}, meshInputs(mesh, extra)); err != nil {
+		return nil, err
+	}
+	o.Progress.Info("verified", "clients", 3, "addresses", res.Verified.Addresses, "policies", res.Verified.Policies)
 	if err := clients.command("close %d", 2); err != nil {
 		return nil, err
 	}
-
-	res.Memory = readMemory()
 	st := ctrl.Stats()
 	res.Builds, res.LastBuildMs = st.Builds, float64(st.LastDuration.Microseconds())/1000
 	res.Rejections = srv.Stats().Rejections
@@ -383,6 +428,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	res.Elapsed = since(began)
+	res.Host.LoadEnd = loadAverage()
 	return res, nil
 }
 
@@ -391,19 +437,22 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 func runChanges(ctx context.Context, o Options, mesh *Mesh, backend Backend, clients *clientProcess, ctrl *controller.Controller, out *Changes) error {
 	defer o.profile("changes")()
 	builds0, cpu0 := ctrl.Stats().Builds, cpuSeconds()
-	var lat, builds []float64
+	var lat, builds, writes []float64
 	for i := range o.Changes {
 		ch := mesh.PodChange(i)
 		before := ctrl.Stats().Builds
-		t := time.Now()
+		t0 := time.Now()
 		if err := backend.Update(ctx, ch.Pod); err != nil {
 			return fmt.Errorf("change %d: %w", i, err)
 		}
-		at := t.UnixNano()
+		// Timed from the write's return; a receipt counts from its call
+		// (an API server may deliver the watch event first).
+		t1 := time.Now()
+		from, at := t0.UnixNano(), t1.UnixNano()
 		arrived := func(v map[int]*clientView) bool {
 			for id := range 2 {
 				it, ok := v[id].byName[ch.Workload]
-				if !ok || it.t < at || it.IP != ch.IP || it.Rev != ch.Revision {
+				if !ok || it.t < from || it.IP != ch.IP || it.Rev != ch.Revision {
 					return false
 				}
 			}
@@ -412,7 +461,7 @@ func runChanges(ctx context.Context, o Options, mesh *Mesh, backend Backend, cli
 		if err := clients.wait(ctx, o.Timeout, fmt.Sprintf("change %d (%s of %s)", i, ch.What, ch.Workload), arrived); err != nil {
 			return err
 		}
-		item := ChangeItem{What: ch.What, Workload: ch.Workload}
+		item := ChangeItem{What: ch.What, Workload: ch.Workload, WriteMs: float64(at-from) / 1e6}
 		clients.mu.Lock()
 		for id := range 2 {
 			ms := float64(clients.clients[id].byName[ch.Workload].t-at) / 1e6
@@ -427,6 +476,7 @@ func runChanges(ctx context.Context, o Options, mesh *Mesh, backend Backend, cli
 		out.Items = append(out.Items, item)
 		lat = append(lat, item.Ms)
 		builds = append(builds, item.BuildMs)
+		writes = append(writes, item.WriteMs)
 		if (i+1)%25 == 0 {
 			o.Progress.Info("changes", "done", i+1, "last_ms", item.Ms)
 		}
@@ -443,6 +493,7 @@ func runChanges(ctx context.Context, o Options, mesh *Mesh, backend Backend, cli
 	}
 	out.MeanMs = sum / float64(len(lat))
 	out.BuildMsP50, out.BuildMsMax = quantile(builds, 0.5), slices.Max(builds)
+	out.WriteMsP50, out.WriteMsMax = quantile(writes, 0.5), slices.Max(writes)
 	return nil
 }
 
@@ -479,20 +530,20 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 	return nil
 }
 
-// expected is what the control plane must serve for the mesh: every pod
-// (all run and have an address) and every service, and the policies the
-// model derives (computed here, before the clock starts, with the
-// model's own function).
-func expected(m *Mesh) Expected {
-	e := Expected{Workloads: len(m.Pods), Services: len(m.Services)}
-	for _, n := range m.WorkloadNames() {
-		e.WorkloadSum += nameSum(n)
+// expected is what the control plane must serve for the mesh and the
+// backend's extra objects: every pod (all run and have an address) and
+// every service, and the policies the model derives (computed here,
+// before the clock starts, with the model's own function).
+func expected(m *Mesh, extra []config.Object) Expected {
+	in := meshInputs(m, extra)
+	e := Expected{Workloads: len(in.Pods), Services: len(in.Services)}
+	for _, p := range in.Pods {
+		e.WorkloadSum += nameSum(model.WorkloadName(model.DefaultCluster, p))
 	}
-	for _, n := range m.ServiceNames() {
-		e.ServiceSum += nameSum(n)
+	for _, s := range in.Services {
+		e.ServiceSum += nameSum(model.ServiceName(s, model.DefaultDomain))
 	}
-	authz, _ := model.BuildAuthorizations(model.Inputs{Namespaces: m.Namespaces, Pods: m.Pods, Services: m.Services,
-		Policies: m.AuthorizationPolicies, PeerAuthentications: m.PeerAuthentications, Gateways: m.Gateways})
+	authz, _ := model.BuildAuthorizations(in)
 	e.Policies = len(authz)
 	return e
 }

@@ -18,7 +18,17 @@
 // It writes a markdown report and the raw JSON to -out (or the report to
 // stdout). The mesh generator (Generate) and the config backend (Backend)
 // are separate so that the same objects can be fed through a real
-// kube-apiserver and the Kubernetes config source instead.
+// kube-apiserver and the Kubernetes config source instead: -backend
+// apiserver (`make bench-cp-apiserver`; by default 10,000 pods and 1,000
+// services) starts etcd and kube-apiserver (internal/kubetest; the
+// binaries from $AMBIT_K8S_BIN_DIR or hack/k8s-testbins.sh), installs the
+// CRDs, creates the mesh through the API with parallel writers, and runs
+// the controller on controlplane/kubesource; the changes are then API
+// writes, timed from their response.
+//
+// Last, outside every figure, the clients' final state is checked against
+// the model built from the mesh's final state, content included; a
+// difference fails the run.
 package main
 
 import (
@@ -41,8 +51,15 @@ func main() {
 	}
 	spec := DefaultSpec()
 	var o Options
-	var outDir, note, cpuProfile, memProfile string
+	var outDir, note, cpuProfile, memProfile, backend string
 	var verbose bool
+	var limit time.Duration
+	var ao APIServerOptions
+	var qps float64
+	flag.StringVar(&backend, "backend", "memory", "memory (in process, no API server) or apiserver (a real kube-apiserver and the Kubernetes config source; default size 10,000 pods, 1,000 services)")
+	flag.IntVar(&ao.Writers, "writers", 32, "apiserver: parallel writers creating the mesh")
+	flag.Float64Var(&qps, "qps", 5000, "apiserver: the writers' client QPS (burst twice that)")
+	flag.DurationVar(&limit, "limit", 0, "bound the whole run (default: none for memory, 9m for apiserver)")
 	flag.IntVar(&spec.Pods, "pods", spec.Pods, "application pods")
 	flag.IntVar(&spec.Services, "services", spec.Services, "services")
 	flag.IntVar(&spec.Namespaces, "namespaces", spec.Namespaces, "ambient namespaces")
@@ -50,16 +67,56 @@ func main() {
 	flag.IntVar(&spec.Waypoints, "waypoints", spec.Waypoints, "namespaces with a waypoint")
 	flag.IntVar(&o.Changes, "changes", 100, "single-pod changes to time")
 	flag.DurationVar(&o.Timeout, "timeout", 2*time.Minute, "longest wait for a push")
-	flag.StringVar(&outDir, "out", "", "directory for cpscale-<UTC time>.md and .json (empty: the report to stdout)")
+	flag.StringVar(&outDir, "out", "", "directory for cpscale[-apiserver]-<UTC time>.md and .json (empty: the report to stdout)")
 	flag.StringVar(&note, "note", "", "a paragraph for the report (what this run is about)")
 	flag.StringVar(&cpuProfile, "cpuprofile", "", "write CPU profiles of the phases to <this>-first-push.pprof and <this>-changes.pprof")
 	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile at the end to this file")
 	flag.BoolVar(&verbose, "v", false, "log the control plane's info messages to stderr")
 	flag.Parse()
+	ao.QPS, ao.Burst = float32(qps), int(2*qps)
+	tb := newProcessTB()
+	exit := func(code int) {
+		tb.cleanup()
+		os.Exit(code)
+	}
+	prefix := "cpscale-"
+	switch backend {
+	case "memory":
+	case "apiserver":
+		// The variant's own defaults, under the flags given.
+		def, given := APIServerSpec(), spec
+		spec = def
+		flag.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "pods":
+				spec.Pods = given.Pods
+			case "services":
+				spec.Services = given.Services
+			case "namespaces":
+				spec.Namespaces = given.Namespaces
+			case "nodes":
+				spec.Nodes = given.Nodes
+			case "waypoints":
+				spec.Waypoints = given.Waypoints
+			}
+		})
+		if limit == 0 {
+			limit = 9 * time.Minute
+		}
+		prefix = "cpscale-apiserver-"
+	default:
+		fmt.Fprintf(os.Stderr, "cpscale: -backend %q: want memory or apiserver\n", backend)
+		os.Exit(2)
+	}
 	o.Spec = spec
 	o.Progress = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if verbose {
 		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		ao.Logger = o.Logger.With("component", "kubesource")
+	}
+	if backend == "apiserver" {
+		ao.Progress = o.Progress
+		o.NewBackend = NewAPIServerBackend(tb, ao)
 	}
 	if cpuProfile != "" {
 		o.Profile = func(phase string) func() {
@@ -78,10 +135,16 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, limit, fmt.Errorf("the run took longer than -limit %v", limit))
+		defer cancel()
+	}
 	res, err := Run(ctx, o)
+	tb.cleanup() // the API server and etcd, if any: they are measured no more
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cpscale:", err)
-		os.Exit(1)
+		exit(1)
 	}
 	if memProfile != "" {
 		if err := writeHeapProfile(memProfile); err != nil {
@@ -93,9 +156,9 @@ func main() {
 		fmt.Print(report)
 		return
 	}
-	if err := write(outDir, res, report); err != nil {
+	if err := write(outDir, prefix, res, report); err != nil {
 		fmt.Fprintln(os.Stderr, "cpscale:", err)
-		os.Exit(1)
+		exit(1)
 	}
 }
 
@@ -112,12 +175,12 @@ func writeHeapProfile(path string) error {
 }
 
 // write puts the report and the raw results in dir as
-// cpscale-<UTC time>.md and .json.
-func write(dir string, res *Result, report string) error {
+// <prefix><UTC time>.md and .json.
+func write(dir, prefix string, res *Result, report string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("results: %w", err)
 	}
-	base := filepath.Join(dir, "cpscale-"+res.Started.Format("2006-01-02T15-04-05Z"))
+	base := filepath.Join(dir, prefix+res.Started.Format("2006-01-02T15-04-05Z"))
 	raw, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return fmt.Errorf("results: %w", err)

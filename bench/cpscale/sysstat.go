@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"runtime"
 	"strconv"
@@ -37,26 +38,7 @@ type Memory struct {
 
 func readMemory() Memory {
 	var m Memory
-	if b, err := os.ReadFile("/proc/self/status"); err == nil {
-		sc := bufio.NewScanner(bytes.NewReader(b))
-		for sc.Scan() {
-			k, v, ok := strings.Cut(sc.Text(), ":")
-			if !ok {
-				continue
-			}
-			f := strings.Fields(v)
-			if len(f) == 0 {
-				continue
-			}
-			kb, _ := strconv.ParseFloat(f[0], 64)
-			switch k {
-			case "VmRSS":
-				m.RSSMB = kb / 1024
-			case "VmHWM":
-				m.HWMMB = kb / 1024
-			}
-		}
-	}
+	m.RSSMB, m.HWMMB, _ = procRSS("self")
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	m.HeapMB = float64(ms.HeapInuse) / (1 << 20)
@@ -82,4 +64,88 @@ func loadAverage() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// procRSS reads VmRSS and VmHWM (in MB) of /proc/<pid>/status.
+func procRSS(pid string) (rss, hwm float64, err error) {
+	b, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[0], 64)
+		switch k {
+		case "VmRSS":
+			rss = kb / 1024
+		case "VmHWM":
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times (100 on
+// every Linux architecture Go supports).
+const clockTicks = 100
+
+// procStat reads the parent pid, the command name and the user+system CPU
+// seconds of /proc/<pid>/stat.
+func procStat(pid int) (ppid int, comm string, cpu float64, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, "", 0, err
+	}
+	s := string(b)
+	// comm is in parentheses and may hold spaces: split after the last ')'.
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return 0, "", 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	comm = s[open+1 : end]
+	f := strings.Fields(s[end+1:])
+	// f[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+	if len(f) < 13 {
+		return 0, "", 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return ppid, comm, (ut + st) / clockTicks, nil
+}
+
+// childrenNamed returns the pids of this process's children whose command
+// name is one of names, by name.
+func childrenNamed(names ...string) map[string]int {
+	out := map[string]int{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return out
+	}
+	self := os.Getpid()
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ppid, comm, _, err := procStat(pid)
+		if err != nil || ppid != self {
+			continue
+		}
+		for _, n := range names {
+			// comm is truncated to 15 bytes ("kube-apiserver" fits).
+			if comm == n || (len(n) > 15 && comm == n[:15]) {
+				out[n] = pid
+			}
+		}
+	}
+	return out
 }
