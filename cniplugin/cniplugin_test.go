@@ -83,7 +83,7 @@ func TestAddErrors(t *testing.T) {
 		{"no pod args", skel.CmdArgs{ContainerID: "a", Args: "IgnoreUnknown=1", StdinData: conf(t, dir, true)}, "K8S_POD_NAMESPACE"},
 		{"bad container id", skel.CmdArgs{ContainerID: "../../etc/x", Args: "K8S_POD_NAMESPACE=a;K8S_POD_NAME=b", StdinData: conf(t, dir, true)}, "invalid container ID"},
 		{"garbage config", skel.CmdArgs{ContainerID: "a", StdinData: []byte("{")}, "parsing network configuration"},
-		{"no stateDir", skel.CmdArgs{ContainerID: "a", StdinData: []byte(`{"cniVersion":"1.0.0","name":"n","type":"ambit-cni"}`)}, "lacks stateDir"},
+		{"neither stateDir nor agentSocket", skel.CmdArgs{ContainerID: "a", StdinData: []byte(`{"cniVersion":"1.0.0","name":"n","type":"ambit-cni"}`)}, "lacks both stateDir and agentSocket"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,5 +132,69 @@ func TestAddNotifiesAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "c2.json")); !os.IsNotExist(err) {
 		t.Error("a refused pod stayed recorded")
+	}
+}
+
+// kubeConf is the entry `ambit node-agent` puts in a node's conflist: no
+// state directory, the agent's socket, kube-system excluded.
+func kubeConf(sock string) []byte {
+	c := map[string]any{"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "ambit-cni", "agentSocket": sock,
+		"excludeNamespaces": []string{"kube-system"},
+		"prevResult":        map[string]any{"cniVersion": "1.0.0", "ips": []any{map[string]any{"address": "10.244.1.5/24"}}}}
+	b, _ := json.Marshal(c)
+	return b
+}
+
+// TestKubernetesFailsClosed: with the agent's socket configured, a pod
+// starts only when the agent said so; an absent agent keeps every pod but
+// the excluded namespaces' from starting.
+func TestKubernetesFailsClosed(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "cni.sock")
+	args := func(ns, name string) *skel.CmdArgs {
+		return &skel.CmdArgs{ContainerID: "c-" + name, Netns: "/var/run/netns/cni-1", IfName: "eth0",
+			Args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=" + ns + ";K8S_POD_NAME=" + name + ";K8S_POD_INFRA_CONTAINER_ID=c", StdinData: kubeConf(sock)}
+	}
+	// No agent yet (a node that just rebooted).
+	if _, err := capture(t, func() error { return Add(args("demo", "echo")) }); err == nil || !strings.Contains(err.Error(), "no node agent") {
+		t.Fatalf("a pod started without the node agent: %v", err)
+	}
+	out, err := capture(t, func() error { return Add(args("kube-system", "coredns")) })
+	if err != nil || !strings.Contains(out, "10.244.1.5/24") {
+		t.Fatalf("an excluded namespace's pod waits for the agent: %v %s", err, out)
+	}
+
+	got := make(chan cnievent.CNIEvent, 4)
+	srv, err := cnievent.ListenCNI(sock, func(_ context.Context, ev cnievent.CNIEvent) error {
+		got <- ev
+		if ev.Name == "broken" {
+			return errors.New("enrolling demo/broken: redirect: install in netns: permission denied")
+		}
+		return nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.Run(ctx)
+	if out, err := capture(t, func() error { return Add(args("demo", "echo")) }); err != nil || !strings.Contains(out, "10.244.1.5/24") {
+		t.Fatalf("Add with the agent: %v %s", err, out)
+	}
+	if ev := <-got; ev.UID != "" || ev.Name != "echo" || ev.Netns != "/var/run/netns/cni-1" || len(ev.IPs) != 1 {
+		t.Errorf("agent got %+v (a runtime without K8S_POD_UID)", ev)
+	}
+	if _, err := capture(t, func() error { return Add(args("demo", "broken")) }); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("a pod whose enrollment failed was let start: %v", err)
+	}
+	a := args("demo", "echo")
+	if err := Del(a); err != nil {
+		t.Errorf("Del without a state dir: %v", err)
+	}
+	if err := Check(a); err != nil {
+		t.Errorf("Check without a state dir: %v", err)
+	}
+	a.Netns = ""
+	if _, err := capture(t, func() error { return Add(a) }); err == nil {
+		t.Error("Add without a netns let the pod start")
 	}
 }

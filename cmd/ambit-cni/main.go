@@ -1,9 +1,11 @@
 // Command ambit-cni is Ambit's CNI plugin, chained after the pod network's
-// main plugin. On ADD it records the pod (namespace, name, UID, network
-// namespace and IPs from the previous plugin's result) and passes that
-// result through unchanged; DEL forgets the pod; CHECK verifies the record.
-// The node agent will learn about new pods from it before their process
-// starts.
+// main plugin. On ADD it tells the node agent about the pod (namespace,
+// name, UID, network namespace and IPs from the previous plugin's result)
+// and waits for the agent to enroll it before the pod's process starts;
+// it fails, so the pod does not start, when the agent cannot be reached
+// or cannot enroll a pod that belongs in the mesh. It passes the previous
+// result through unchanged. With a state directory it also records pods
+// (local mode); DEL forgets them, CHECK verifies the record.
 package main
 
 import (
@@ -18,5 +20,5 @@ func main() {
 		Add:   cniplugin.Add,
 		Del:   cniplugin.Del,
 		Check: cniplugin.Check,
-	}, cniversion.All, "ambit-cni: records pods for Ambit's node agent")
+	}, cniversion.All, "ambit-cni: enrolls pods with Ambit's node agent before they start")
 }

@@ -103,3 +103,20 @@ func TestRulesCanFail(t *testing.T) {
 		t.Fatal("controlplane/model does not depend on istio.io/client-go: the dependency listing is broken")
 	}
 }
+
+// TestNodePartsStayLean: the CNI plugin (exec'd by the runtime for every
+// pod) and the node agent's shared core (linked by local mode too) carry no
+// Kubernetes library and no control plane; only nodeagent/kubeagent, the
+// agent on Kubernetes, does.
+func TestNodePartsStayLean(t *testing.T) {
+	forbidden := []string{module + "/controlplane", module + "/nodeagent/kubeagent", "istio.io/client-go", "k8s.io", "sigs.k8s.io"}
+	for _, pkg := range []string{"cmd/ambit-cni", "cniplugin", "nodeagent", "nodeagent/cnievent", "nodeagent/cniconf"} {
+		t.Run(pkg, func(t *testing.T) {
+			for _, d := range deps(t, module+"/"+pkg) {
+				if hasPrefix(d, forbidden) {
+					t.Errorf("%s depends on %s", pkg, d)
+				}
+			}
+		})
+	}
+}

@@ -22,7 +22,7 @@ import (
 type CNIEvent struct {
 	Namespace string   `json:"namespace"`
 	Name      string   `json:"name"`
-	UID       string   `json:"uid"`
+	UID       string   `json:"uid"` // may be empty: not every runtime passes K8S_POD_UID
 	Netns     string   `json:"netns"`
 	IPs       []string `json:"ips"`
 }
@@ -113,8 +113,9 @@ func (s *CNIServer) serve(ctx context.Context, c net.Conn) {
 	reply := cniReply{}
 	if err := json.NewDecoder(io.LimitReader(c, maxEvent)).Decode(&ev); err != nil {
 		reply.Error = "malformed event: " + err.Error()
-	} else if ev.UID == "" || ev.Namespace == "" || ev.Name == "" || ev.Netns == "" {
-		reply.Error = "event lacks uid, namespace, name or netns"
+	} else if ev.Namespace == "" || ev.Name == "" || ev.Netns == "" {
+		// The UID may be missing: not every runtime passes K8S_POD_UID.
+		reply.Error = "event lacks namespace, name or netns"
 	} else if err := s.handle(ctx, ev); err != nil {
 		reply.Error = err.Error()
 		s.logger.Warn("CNI event refused", "pod", ev.Namespace+"/"+ev.Name, "err", err)

@@ -38,7 +38,7 @@ func TestCNIEvents(t *testing.T) {
 		t.Errorf("refusal not propagated: %v", err)
 	}
 	<-got
-	if err := Notify(ctx, sock, CNIEvent{Name: "x"}); err == nil || !strings.Contains(err.Error(), "lacks uid") {
+	if err := Notify(ctx, sock, CNIEvent{Name: "x", UID: "u2"}); err == nil || !strings.Contains(err.Error(), "lacks namespace") {
 		t.Errorf("incomplete event accepted: %v", err)
 	}
 	c, _ := net.Dial("unix", sock)
