@@ -30,6 +30,22 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files -co --exclude-standard '*.go'); exit 1; }
 	go vet ./...
 
+## manifests: the upstream Istio and Gateway API CRDs `ambit install` applies, from the Go module cache at go.mod's versions, into manifests/crds/ (gitignored; embedded by an ambit binary built after it)
+.PHONY: manifests images
+manifests:
+	@./hack/crds.sh
+
+## images: static binaries on an empty base, as docker-archive tarballs in bin/images/ for `ctr -n k8s.io images import`: $(IMAGE_HUB)/ambit:$(VERSION) (control plane, node agent, ambit-cni) and $(IMAGE_HUB)/ambit-ztunnel:$(VERSION)
+IMAGE_HUB ?= ambit.local
+images: manifests
+	@mkdir -p $(BIN)/images
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/ambit ./cmd/ambit-cni ./cmd/ambit-ztunnel
+	cd hack/imgbuild && CGO_ENABLED=0 go build -trimpath -o $(BIN)/imgbuild .
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(BIN)/imgbuild -ref $(IMAGE_HUB)/ambit:$(VERSION) -out $(BIN)/images/ambit.tar \
+	  -label org.opencontainers.image.version=$(VERSION) $(BIN)/ambit=/usr/local/bin/ambit $(BIN)/ambit-cni=/usr/local/bin/ambit-cni
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) $(BIN)/imgbuild -ref $(IMAGE_HUB)/ambit-ztunnel:$(VERSION) -out $(BIN)/images/ambit-ztunnel.tar \
+	  -label org.opencontainers.image.version=$(VERSION) $(BIN)/ambit-ztunnel=/usr/local/bin/ambit-ztunnel
+
 ## k8s-bins: etcd, kube-apiserver and kube-controller-manager built from the Go module proxy, cached under $$HOME/.cache/k8s-testbins
 k8s-bins:
 	@COMPONENTS="kube-apiserver kube-controller-manager" ./hack/k8s-testbins.sh
@@ -41,6 +57,7 @@ istiod-bin:
 # Unit tests include the envtest tier (internal/kubetest: a real etcd and kube-apiserver).
 test-unit:
 	AMBIT_K8S_BIN_DIR=$$(COMPONENTS="kube-apiserver kube-controller-manager" ./hack/k8s-testbins.sh) go test -count=1 -timeout 15m $(UNIT_PKGS)
+	cd hack/imgbuild && go test -count=1 ./...
 
 test-fuzz:
 	FUZZTIME=$${FUZZTIME:-10s} ./scripts/fuzz-smoke.sh

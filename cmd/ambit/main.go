@@ -38,11 +38,15 @@ func newRootCmd() *cobra.Command {
 		newLocalCmd(),                     // local.go: the local-mode runtime
 		newSampleCmd(),                    // sample.go: sample workloads
 		newControlPlaneCmd(),              // controlplane.go: control plane (CA, later xDS)
+		newNodeAgentCmd(),                 // nodeagent.go: the node agent on Kubernetes (DaemonSet)
 		newHBONEBenchCmd(),                // hbonebench.go: HBONE micro-benchmark
 		ztunnelcmd.New(),                  // the node proxy (also the ambit-ztunnel binary)
 		newWaypointCmd(waypointcmd.New()), // waypoint.go: run the L7 proxy, manage waypoints
 		newZtunnelConfigCmd(),             // inspect.go: what a ztunnel knows
 		newAuthzCmd(),                     // inspect.go: explain authorization decisions
+		newInstallCmd(),                   // install.go: install on a Kubernetes cluster
+		newUninstallCmd(),                 // uninstall.go: remove it
+		newCheckCmd(),                     // check.go: pre-flight checks
 	)
 	return root
 }
