@@ -170,20 +170,11 @@ func compile(in Inputs, wps map[string]*Waypoint) *compiled {
 // buildService returns a Service's resource name and resource, and the
 // Service's waypoint binding.
 func buildService(s *corev1.Service, c *compiled) (string, *workloadapi.Address, Binding) {
-	ws := &workloadapi.Service{Name: s.Name, Namespace: s.Namespace, Hostname: ServiceHostname(s, c.domain)}
-	vip := s.Spec.ClusterIP
-	if v, ok := c.clusterIPs[s.Namespace+"/"+s.Name]; ok {
-		vip = v
-	}
-	if ip, err := netip.ParseAddr(vip); err == nil {
-		ws.Addresses = append(ws.Addresses, &workloadapi.NetworkAddress{Address: ip.AsSlice()})
-	}
-	for _, p := range s.Spec.Ports {
-		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-			continue
-		}
-		ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(p.TargetPort.IntValue())})
-	}
+	override, overridden := c.clusterIPs[s.Namespace+"/"+s.Name]
+	// A Kubernetes Service is canonical for its hostname, as istiod says.
+	ws := &workloadapi.Service{Name: s.Name, Namespace: s.Namespace, Hostname: ServiceHostname(s, c.domain),
+		Addresses: serviceVIPs(s, override, overridden), Ports: servicePorts(s), IpFamilies: serviceIPFamilies(s),
+		LoadBalancing: serviceLoadBalancing(s, c.nss[s.Namespace]), Canonical: true}
 	b := ServiceBinding(s, c.nss[s.Namespace], c.wps)
 	if b.Waypoint != nil {
 		ws.Waypoint = b.Waypoint.Address()
@@ -229,10 +220,11 @@ func buildWorkload(pod *corev1.Pod, c *compiled, pa podPA, bind Binding) *worklo
 		}
 		pl := &workloadapi.PortList{}
 		for _, p := range s.ports {
-			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-				continue
+			target, ok := targetPort(pod, p)
+			if !ok {
+				continue // a named target port this pod does not have, as istiod
 			}
-			pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(targetPort(pod, p))})
+			pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(target)})
 		}
 		if w.Services == nil {
 			w.Services = map[string]*workloadapi.PortList{}
@@ -243,22 +235,22 @@ func buildWorkload(pod *corev1.Pod, c *compiled, pa podPA, bind Binding) *worklo
 }
 
 // targetPort resolves a service port's target on one pod (named ports are
-// per pod).
-func targetPort(pod *corev1.Pod, p *corev1.ServicePort) int {
+// per pod); false when the pod has no port of the name.
+func targetPort(pod *corev1.Pod, p *corev1.ServicePort) (int, bool) {
 	if p.TargetPort.StrVal != "" {
 		for _, c := range pod.Spec.Containers {
 			for _, cp := range c.Ports {
 				if cp.Name == p.TargetPort.StrVal {
-					return int(cp.ContainerPort)
+					return int(cp.ContainerPort), true
 				}
 			}
 		}
-		return 0
+		return 0, false
 	}
 	if n := p.TargetPort.IntValue(); n != 0 {
-		return n
+		return n, true
 	}
-	return int(p.Port)
+	return int(p.Port), true
 }
 
 func canonicalName(pod *corev1.Pod) string {

@@ -72,14 +72,16 @@ func TestBuild(t *testing.T) {
 		t.Errorf("echo-1 address %v", ip)
 	}
 	pl := w1.GetServices()["demo/echo.demo.svc.cluster.local"]
-	if pl == nil || len(pl.GetPorts()) != 2 || pl.GetPorts()[1].GetTargetPort() != 9090 {
+	if pl == nil || len(pl.GetPorts()) != 3 || pl.GetPorts()[1].GetTargetPort() != 9090 {
 		t.Errorf("echo-1 services %v (named port must resolve per pod)", w1.GetServices())
 	}
 	if w2 := out["Kubernetes//Pod/demo/echo-2"].GetWorkload(); w2.GetTunnelProtocol() != workloadapi.TunnelProtocol_NONE {
 		t.Errorf("a pod without redirection must be NONE: %v", w2)
 	}
 	s := out["demo/echo.demo.svc.cluster.local"].GetService()
-	if s == nil || len(s.GetAddresses()) != 1 || len(s.GetPorts()) != 2 || s.GetPorts()[1].GetTargetPort() != 0 {
+	// Every port, as istiod sends them (ztunnel carries TCP only).
+	if s == nil || len(s.GetAddresses()) != 1 || len(s.GetPorts()) != 3 || s.GetPorts()[1].GetTargetPort() != 0 || !s.GetCanonical() ||
+		s.GetPorts()[0].GetAppProtocol() != workloadapi.AppProtocol_HTTP11 || s.GetPorts()[2].GetAppProtocol() != workloadapi.AppProtocol_UNKNOWN {
 		t.Fatalf("service = %v", s)
 	}
 	if ip, _ := netip.AddrFromSlice(s.GetAddresses()[0].GetAddress()); ip.String() != "10.96.0.20" {

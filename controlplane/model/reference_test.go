@@ -46,20 +46,10 @@ func refBuild(in Inputs) map[string]*workloadapi.Address {
 	var svcs []svcInfo
 	for _, s := range in.Services {
 		name := ServiceName(s, in.Domain)
-		ws := &workloadapi.Service{Name: s.Name, Namespace: s.Namespace, Hostname: ServiceHostname(s, in.Domain)}
-		vip := s.Spec.ClusterIP
-		if v, ok := in.ClusterIPs[s.Namespace+"/"+s.Name]; ok {
-			vip = v
-		}
-		if ip, err := netip.ParseAddr(vip); err == nil {
-			ws.Addresses = append(ws.Addresses, &workloadapi.NetworkAddress{Address: ip.AsSlice()})
-		}
-		for _, p := range s.Spec.Ports {
-			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-				continue
-			}
-			ws.Ports = append(ws.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(p.TargetPort.IntValue())})
-		}
+		override, overridden := in.ClusterIPs[s.Namespace+"/"+s.Name]
+		ws := &workloadapi.Service{Name: s.Name, Namespace: s.Namespace, Hostname: ServiceHostname(s, in.Domain),
+			Addresses: serviceVIPs(s, override, overridden), Ports: servicePorts(s), IpFamilies: serviceIPFamilies(s),
+			LoadBalancing: serviceLoadBalancing(s, nss[s.Namespace]), Canonical: true}
 		if b := ServiceBinding(s, nss[s.Namespace], wps); b.Waypoint != nil {
 			ws.Waypoint = b.Waypoint.Address()
 		}
@@ -107,10 +97,11 @@ func refBuild(in Inputs) map[string]*workloadapi.Address {
 			}
 			pl := &workloadapi.PortList{}
 			for _, p := range s.ports {
-				if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-					continue
+				target, ok := targetPort(pod, p)
+				if !ok {
+					continue // a named target port this pod does not have, as istiod
 				}
-				pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(targetPort(pod, p))})
+				pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(p.Port), TargetPort: uint32(target)})
 			}
 			if w.Services == nil {
 				w.Services = map[string]*workloadapi.PortList{}
