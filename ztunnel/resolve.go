@@ -68,7 +68,7 @@ func (z *Ztunnel) resolve(src *workloadapi.Workload, orig netip.AddrPort) (route
 			}
 		}
 		var err error
-		ep, err = x.pickEndpoint(svc, orig.Port())
+		ep, err = x.pickEndpoint(svc, orig.Port(), src)
 		if err != nil {
 			return route{}, err
 		}

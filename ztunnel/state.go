@@ -280,9 +280,14 @@ type endpoint struct {
 	port uint16
 }
 
-// pickEndpoint chooses a healthy endpoint of svc serving servicePort, at
-// random, and maps the port to the endpoint's target port.
-func (x *Index) pickEndpoint(svc *workloadapi.Service, servicePort uint16) (endpoint, error) {
+// pickEndpoint chooses an endpoint of svc serving servicePort and maps
+// the port to the endpoint's target port: a healthy one (any, under the
+// service's ALLOW_ALL health policy), at random among those closest to src
+// by the service's routing preference (FAILOVER: the endpoints matching
+// src on the longest run of scopes; STRICT: only those matching on every
+// scope, as internalTrafficPolicy Local asks). src may be nil (a
+// waypoint's own balancing): then locality plays no part.
+func (x *Index) pickEndpoint(svc *workloadapi.Service, servicePort uint16, src *workloadapi.Workload) (endpoint, error) {
 	var target uint32
 	found := false
 	for _, p := range svc.GetPorts() {
@@ -293,12 +298,17 @@ func (x *Index) pickEndpoint(svc *workloadapi.Service, servicePort uint16) (endp
 	if !found {
 		return endpoint{}, fmt.Errorf("service %s has no port %d", ServiceKey(svc), servicePort)
 	}
+	lb := svc.GetLoadBalancing()
+	allowAll := lb.GetHealthPolicy() == workloadapi.LoadBalancing_ALLOW_ALL
+	prefs := lb.GetRoutingPreference()
+	strict := lb.GetMode() == workloadapi.LoadBalancing_STRICT
 	key := ServiceKey(svc)
 	x.mu.RLock()
 	var cands []endpoint
+	best := -1
 	for _, w := range x.endpoints[key] {
 		pl, ok := w.GetServices()[key]
-		if !ok || w.GetStatus() != workloadapi.WorkloadStatus_HEALTHY || len(w.GetAddresses()) == 0 {
+		if !ok || (!allowAll && w.GetStatus() != workloadapi.WorkloadStatus_HEALTHY) || len(w.GetAddresses()) == 0 {
 			continue
 		}
 		port := target
@@ -310,20 +320,61 @@ func (x *Index) pickEndpoint(svc *workloadapi.Service, servicePort uint16) (endp
 		if port == 0 {
 			continue // named port this endpoint does not have
 		}
+		rank := 0
+		if src != nil {
+			rank = localityRank(prefs, src, w)
+		}
+		switch {
+		case strict && src != nil && rank < len(prefs):
+			continue
+		case rank < best:
+			continue
+		case rank > best:
+			best, cands = rank, cands[:0]
+		}
 		cands = append(cands, endpoint{w: w, port: uint16(port)})
 	}
 	x.mu.RUnlock()
 	if len(cands) == 0 {
+		if strict && src != nil && len(prefs) > 0 {
+			return endpoint{}, fmt.Errorf("no healthy upstream for service %s port %d on this node or locality (routing is strict)", key, servicePort)
+		}
 		return endpoint{}, fmt.Errorf("no healthy upstream for service %s port %d", key, servicePort)
 	}
 	return cands[rand.IntN(len(cands))], nil
+}
+
+// localityRank is how many of the routing preference's scopes, from the
+// first, dst shares with src.
+func localityRank(prefs []workloadapi.LoadBalancing_Scope, src, dst *workloadapi.Workload) int {
+	for i, scope := range prefs {
+		var same bool
+		switch scope {
+		case workloadapi.LoadBalancing_REGION:
+			same = src.GetLocality().GetRegion() == dst.GetLocality().GetRegion()
+		case workloadapi.LoadBalancing_ZONE:
+			same = src.GetLocality().GetZone() == dst.GetLocality().GetZone()
+		case workloadapi.LoadBalancing_SUBZONE:
+			same = src.GetLocality().GetSubzone() == dst.GetLocality().GetSubzone()
+		case workloadapi.LoadBalancing_NODE:
+			same = src.GetNode() == dst.GetNode()
+		case workloadapi.LoadBalancing_CLUSTER:
+			same = src.GetClusterId() == dst.GetClusterId()
+		case workloadapi.LoadBalancing_NETWORK:
+			same = src.GetNetwork() == dst.GetNetwork()
+		}
+		if !same {
+			return i
+		}
+	}
+	return len(prefs)
 }
 
 // PickEndpoint chooses a healthy endpoint of svc serving servicePort, at
 // random, and returns it with its target port (for a waypoint's per
 // request balancing).
 func (x *Index) PickEndpoint(svc *workloadapi.Service, servicePort uint16) (*workloadapi.Workload, uint16, error) {
-	ep, err := x.pickEndpoint(svc, servicePort)
+	ep, err := x.pickEndpoint(svc, servicePort, nil)
 	return ep.w, ep.port, err
 }
 
