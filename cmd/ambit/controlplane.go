@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ambit-mesh/ambit/controlplane"
 	"github.com/ambit-mesh/ambit/controlplane/ca"
@@ -25,6 +26,7 @@ import (
 	"github.com/ambit-mesh/ambit/controlplane/kubeauth"
 	"github.com/ambit-mesh/ambit/controlplane/kubesource"
 	"github.com/ambit-mesh/ambit/controlplane/kubestatus"
+	"github.com/ambit-mesh/ambit/controlplane/kubewaypoint"
 	"github.com/ambit-mesh/ambit/controlplane/rootcert"
 	"github.com/ambit-mesh/ambit/identity"
 )
@@ -36,7 +38,7 @@ const servingCertTTL = 30 * 24 * time.Hour
 func newControlPlaneCmd() *cobra.Command {
 	var (
 		addr, httpAddr, trustDomain, stateDir, configDir, rootCert, rootKey, extraRoots string
-		kubeconfig, namespace, clusterID, trustedNodeAccounts                           string
+		kubeconfig, namespace, clusterID, trustedNodeAccounts, waypointImage            string
 		defaultTTL, maxTTL, tokenCacheTTL                                               time.Duration
 	)
 	cmd := &cobra.Command{
@@ -61,7 +63,9 @@ one writes status.
 
 On Kubernetes, proxies authenticate as Istio's do: a projected
 service-account token (audience istio-ca) as "authorization: Bearer",
-checked with TokenReview. A pod-bound token of a --trusted-node-accounts
+checked with TokenReview. A Gateway of class istio-waypoint gets its
+waypoint: a ServiceAccount, Service and Deployment of --waypoint-image
+(running "ambit waypoint run"), owned by the Gateway. A pod-bound token of a --trusted-node-accounts
 service account (ztunnel) may ask for the identities of pods on its own
 node; any other token gets its own identity only. The root is published as
 ConfigMap istio-ca-root-cert in every namespace.
@@ -137,6 +141,32 @@ of roots still trusted during a root rotation.`,
 				}
 				opts.Tokens, opts.Pods, opts.TrustedNodeAccounts = tokens, pods, accounts
 			}
+			if cs != nil && waypointImage != "" {
+				gw, err := gwclient.NewForConfig(cfg.rc)
+				if err != nil {
+					return err
+				}
+				ns := namespace
+				if ns == "" {
+					ns = envOr("POD_NAMESPACE", kubestatus.DefaultNamespace)
+				}
+				dep := kubewaypoint.New(cs, gw, kubewaypoint.Options{Image: waypointImage, ClusterID: clusterID, TrustDomain: trustDomain,
+					ControlPlane: "istiod." + ns + ".svc:15012", Logger: log.With("component", "waypoints")})
+				onStatus := opts.OnStatus
+				opts.OnStatus = func(st controller.Status) {
+					if onStatus != nil {
+						onStatus(st)
+					}
+					dep.OnStatus(st)
+				}
+				go func() {
+					if err := dep.Run(ctx); err != nil {
+						log.Error("waypoint deployer stopped", "err", err)
+					}
+				}()
+			} else if cs != nil {
+				log.Info("no --waypoint-image: waypoint Gateways get no Deployment from this control plane")
+			}
 			cp, err = controlplane.New(ctx, opts)
 			if err != nil {
 				return err
@@ -183,6 +213,7 @@ of roots still trusted during a root rotation.`,
 	f.StringVar(&extraRoots, "extra-roots", "", "PEM file of further roots to trust and publish (root rotation)")
 	f.DurationVar(&defaultTTL, "default-ttl", 24*time.Hour, "lifetime of issued workload certificates")
 	f.StringVar(&clusterID, "cluster-id", envOr("CLUSTER_ID", kubeauth.DefaultClusterID), "this cluster's id (Kubernetes): a caller's clusterid header must match it to impersonate")
+	f.StringVar(&waypointImage, "waypoint-image", os.Getenv("AMBIT_WAYPOINT_IMAGE"), "image of the waypoints deployed for Gateways of class istio-waypoint (Kubernetes; empty: none deployed)")
 	f.StringVar(&trustedNodeAccounts, "trusted-node-accounts", "istio-system/ztunnel", "comma-separated namespace/service-account list whose pod-bound tokens may ask for the identities of pods on their node (istiod's CA_TRUSTED_NODE_ACCOUNTS)")
 	f.DurationVar(&tokenCacheTTL, "token-cache-ttl", time.Minute, "how long a successful TokenReview is reused, never past the token's expiry; negative: no cache")
 	f.DurationVar(&maxTTL, "max-ttl", 90*24*time.Hour, "longest lifetime a request may ask for (longer ones are capped)")
