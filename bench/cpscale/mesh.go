@@ -275,6 +275,7 @@ func Generate(s Spec) (*Mesh, error) {
 		m.Services = append(m.Services, &corev1.Service{TypeMeta: typeMeta("v1", "Service"),
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "waypoint", Labels: map[string]string{model.LabelGatewayName: "waypoint"}},
 			Spec: corev1.ServiceSpec{ClusterIP: addrAt(vipBase, 10+svcIdx).String(), Selector: map[string]string{model.LabelGatewayName: "waypoint"},
+				ClusterIPs: []string{addrAt(vipBase, 10+svcIdx).String()}, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol},
 				Ports: []corev1.ServicePort{
 					{Name: "mesh", Port: model.WaypointListenerPort, TargetPort: intstr.FromInt32(model.WaypointListenerPort), Protocol: corev1.ProtocolTCP},
 					{Name: "status-port", Port: 15021, TargetPort: intstr.FromInt32(15021), Protocol: corev1.ProtocolTCP},
