@@ -1,16 +1,16 @@
 # Ambit build and test entry points. Binaries land in ./bin.
 #
 #   make demo    build, bring up samples/demo in local mode, send traffic, tear down
-#   make test    everything CI runs: vet, unit tests, fuzz smoke, e2e, interop
+#   make test    everything CI runs: vet, unit tests, fuzz smoke, e2e, interop, cluster tier
 BIN      := $(CURDIR)/bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/ambit-mesh/ambit/version.Version=$(VERSION)
 CNI_PLUGINS := github.com/containernetworking/plugins/plugins/main/bridge \
                github.com/containernetworking/plugins/plugins/ipam/host-local \
                github.com/containernetworking/plugins/plugins/main/loopback
-UNIT_PKGS = $$(go list ./... | grep -v /test/e2e)
+UNIT_PKGS = $$(go list ./... | grep -v -e /test/e2e -e /test/cluster)
 
-.PHONY: deps build demo test vet k8s-bins istiod-bin test-unit test-fuzz test-e2e test-interop bench bench-cp bench-cp-apiserver bench-tools clean
+.PHONY: deps build demo test vet k8s-bins istiod-bin test-unit test-fuzz test-e2e test-interop test-cluster bench bench-cp bench-cp-apiserver bench-tools clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -24,7 +24,7 @@ build:
 demo: deps build
 	./scripts/demo.sh
 
-test: build vet test-unit test-fuzz test-e2e test-interop
+test: build vet test-unit test-fuzz test-e2e test-interop test-cluster
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files -co --exclude-standard '*.go'); exit 1; }
@@ -64,6 +64,13 @@ test-fuzz:
 
 test-e2e: build
 	AMBIT_BIN_DIR=$(BIN) go test -count=1 -v -timeout 20m ./test/e2e/
+
+## test-cluster: the cluster tier (root; about 70 s once the binaries are cached): a real single-node Kubernetes (internal/clustertest: kubelet,
+## containerd and runc, CNI bridge), `ambit install` from make images, the demo enrolled live and released, ambit uninstall
+CLUSTER_COMPONENTS := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+test-cluster: build images
+	AMBIT_K8S_BIN_DIR=$$(COMPONENTS="$(CLUSTER_COMPONENTS)" ./hack/k8s-testbins.sh) AMBIT_BIN_DIR=$(BIN) \
+	  go test -count=1 -v -timeout 20m ./test/cluster/
 
 test-interop:
 	@if ls test/interop/*_test.go >/dev/null 2>&1; then \

@@ -20,6 +20,9 @@ declare -A want=(
   [git]=git
   [jq]=jq
   [nginx]=nginx-light
+  # the cluster tier (make test-cluster): the node's runtime
+  [containerd]=containerd
+  [runc]=runc
 )
 missing=()
 for cmd in "${!want[@]}"; do
