@@ -53,10 +53,11 @@ it reports ready (--ready-addr /readyz).
 On SIGTERM the agent leaves the plugin, the rules and the probe SNAT in
 place (an upgrade, a restart, a node shutdown: pods stay captured and new
 ones wait for the agent), unless its own DaemonSet ($POD_NAME and
-$POD_NAMESPACE name its pod) is gone or being deleted: then it removes the
-plugin entry, the binary and the probe SNAT table. --uninstall does that
-at once and exits. Enrolled pods keep their capture until they restart:
-remove the dataplane-mode labels first.
+$POD_NAMESPACE name its pod) is gone or being deleted: then it takes the
+node out of the mesh: the plugin entry and the binary, the capture rules
+in every pod's network namespace (pods get their direct network back, no
+restart) and their redirection annotation, then the probe SNAT table.
+--uninstall does that at once, without the API server, and exits.
 
 RBAC: pods get/list/watch/patch (its node's), namespaces get/list/watch,
 daemonsets get (its own namespace).`,
@@ -111,6 +112,6 @@ daemonsets get (its own namespace).`,
 	f.StringVar(&o.ReadyAddr, "ready-addr", ":8000", "address serving /readyz and /healthz (empty: none)")
 	f.StringVar(&o.PodName, "pod-name", os.Getenv("POD_NAME"), "the agent's pod (default $POD_NAME), to tell a DaemonSet deletion on exit")
 	f.StringVar(&o.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the agent's namespace (default $POD_NAMESPACE)")
-	f.BoolVar(&uninstall, "uninstall", false, "remove the plugin entry, the plugin binary and the probe SNAT table from this node, and exit")
+	f.BoolVar(&uninstall, "uninstall", false, "take this node out of the mesh (plugin entry and binary, pods' capture rules, probe SNAT table) and exit")
 	return cmd
 }

@@ -27,11 +27,11 @@ object to be gone before the next:
   1. the node agent DaemonSet, and its pods: a node agent stopped while its
      DaemonSet is gone (or being deleted) takes its node out of the mesh:
      its entry in the CNI config, the ambit-cni binary and the host's probe
-     SNAT table (an agent stopped while the DaemonSet remains, an upgrade,
-     leaves the node as it is for the next one). Pods enrolled until then
-     keep their capture until they restart: remove the
-     istio.io/dataplane-mode labels first, or restart them after (uninstall
-     lists the pods still marked ambient.istio.io/redirection);
+     SNAT table, and releases every enrolled pod: its capture rules go and
+     its ambient.istio.io/redirection annotation with them, so pods keep
+     running with their direct network, no restart (an agent stopped while
+     the DaemonSet remains, an upgrade, leaves the node as it is for the
+     next one);
   2. the ztunnel DaemonSet, then the control plane;
   3. the RBAC and service accounts;
   4. what the control plane left: its status Lease and the

@@ -616,9 +616,11 @@ func (c *Client) deleteLeftovers(ctx context.Context, wait bool, timeout time.Du
 }
 
 // warnCapturedPods says which pods still carry the redirection annotation
-// after the node agents are gone: their capture rules stay in their
-// network namespace until they restart (the node agent removes its CNI
-// entry on uninstall, not running pods' rules).
+// after the node agents are gone. A node agent that stops on uninstall
+// releases its node's pods and removes their annotation, so these are pods
+// it could not release (its node down, the agent killed before it was
+// done): their capture rules may stay in their network namespace until
+// they restart (or `ambit node-agent --uninstall` runs on the node).
 func (c *Client) warnCapturedPods(ctx context.Context) {
 	pods, err := c.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -637,5 +639,5 @@ func (c *Client) warnCapturedPods(ctx context.Context) {
 	if len(left) > 5 {
 		left, more = left[:5], fmt.Sprintf(" and %d more", len(left)-5)
 	}
-	c.line("warning", fmt.Sprintf("pods still marked %s keep their capture until they restart: %s%s", RedirectionAnnotation, strings.Join(left, ", "), more))
+	c.line("warning", fmt.Sprintf("pods still marked %s were not released by their node agent and may stay captured until they restart: %s%s", RedirectionAnnotation, strings.Join(left, ", "), more))
 }

@@ -30,12 +30,18 @@
 //
 // Uninstall contract: on SIGTERM the agent leaves everything in place (an
 // upgrade, a restart, a node shutdown), unless its own DaemonSet is gone
-// or being deleted (as istio-cni): then it removes the plugin entry from
-// the CNI configuration, the plugin binary and the host probe table.
-// `ambit node-agent --uninstall` does the same at once. Neither touches
-// enrolled pods: their capture stays (fail closed) until they are
-// restarted; remove the istio.io/dataplane-mode labels first to release
-// them.
+// or being deleted (as istio-cni): then it takes its node out of the mesh,
+// in this order: the plugin entry out of the CNI configuration and the
+// plugin binary out of the bin directory (new pods start with the
+// network's own plugins only), the capture rules out of every pod's
+// network namespace on the node (found by scanning the host's /proc, so
+// pods enrolled by an earlier run are released too) and the redirection
+// annotation off the pods, and last the host probe table (the kubelet's
+// probes keep passing while pods are still captured). Uninstalling the
+// mesh is the one event that gives pods their direct network back; istio-cni
+// leaves them captured, and broken once ztunnel is gone, until each pod is
+// restarted. `ambit node-agent --uninstall` does the same at once, without
+// the API server (the annotations stay).
 package kubeagent
 
 import (
@@ -70,6 +76,7 @@ import (
 	"github.com/ambit-mesh/ambit/nodeagent"
 	"github.com/ambit-mesh/ambit/nodeagent/cniconf"
 	"github.com/ambit-mesh/ambit/nodeagent/cnievent"
+	"github.com/ambit-mesh/ambit/redirect"
 	"github.com/ambit-mesh/ambit/zds"
 )
 
@@ -324,11 +331,35 @@ func (a *Agent) Run(ctx context.Context) error {
 	_ = os.Remove(a.o.CNIEventSocket)
 	if a.shouldUninstall() {
 		a.log.Info("the node agent's DaemonSet is gone: uninstalling from the node")
-		if err := Uninstall(context.Background(), a.o); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), uninstallTimeout)
+		defer cancel()
+		if err := Uninstall(ctx, a.o); err != nil {
 			a.log.Error("uninstall", "err", err)
 		}
+		a.unannotateAll(ctx)
 	}
 	return nil
+}
+
+// uninstallTimeout bounds the agent's uninstall on exit (the DaemonSet's
+// termination grace period is longer).
+const uninstallTimeout = 20 * time.Second
+
+// unannotateAll takes the redirection annotation off every pod the agent
+// enrolled (on uninstall, once their rules are gone).
+func (a *Agent) unannotateAll(ctx context.Context) {
+	a.mu.Lock()
+	pods := make([]*corev1.Pod, 0, len(a.enrolled))
+	for _, st := range a.enrolled {
+		pods = append(pods, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: st.namespace, Name: st.name, UID: st.uid,
+			Annotations: map[string]string{model.AnnotationRedirection: st.state}}})
+	}
+	a.mu.Unlock()
+	for _, p := range pods {
+		if err := a.annotate(ctx, p, ""); err != nil {
+			a.log.Warn("uninstall", "err", err)
+		}
+	}
 }
 
 func (a *Agent) enrolledCount() int {
@@ -826,6 +857,7 @@ func (a *Agent) onCNIEvent(ctx context.Context, ev cnievent.CNIEvent) error {
 	if err := a.annotate(ctx, pod, nodeagent.Enabled); err != nil {
 		return fail(err)
 	}
+	a.log.Info("pod captured before it starts", "pod", pod.Namespace+"/"+pod.Name, "uid", pod.UID, "source", "cni")
 	return nil
 }
 
@@ -883,8 +915,9 @@ func (a *Agent) shouldUninstall() bool {
 }
 
 // Uninstall removes the agent from the node: the plugin entry from every
-// CNI configuration file, the plugin binary and the host probe table. Pods
-// keep their capture (see the package comment). It needs no API server.
+// CNI configuration file and the plugin binary, the capture rules from
+// every pod's network namespace (ReleasePods), then the host probe table.
+// It needs no API server.
 func Uninstall(ctx context.Context, o Options) error {
 	var errs []error
 	if o.CNIConfDir != "" {
@@ -893,9 +926,46 @@ func Uninstall(ctx context.Context, o Options) error {
 			errs = append(errs, err)
 		}
 	}
+	if o.HostProc != "" {
+		if _, err := ReleasePods(ctx, o.HostProc, o.Logger); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	hp := &nodeagent.HostProbes{Netns: o.HostNetns}
 	if err := hp.Uninstall(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// ReleasePods removes the capture rules from every pod network namespace
+// a process under hostProc (the host's /proc) is in, and returns how many
+// held rules. Only pods' namespaces are touched: those whose processes sit
+// in the kubelet's kubepods cgroups (nodeagent.ScanNetns).
+func ReleasePods(ctx context.Context, hostProc string, log *slog.Logger) (int, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	found, err := nodeagent.ScanNetns(hostProc)
+	if err != nil {
+		return 0, fmt.Errorf("releasing pods: %w", err)
+	}
+	var errs []error
+	n := 0
+	for _, f := range found {
+		if len(f.PodUIDs) == 0 {
+			continue
+		}
+		st, err := redirect.Inspect(ctx, f.Path)
+		if err != nil || st.Clean() {
+			continue // gone meanwhile, or never captured
+		}
+		if err := redirect.Remove(ctx, f.Path); err != nil {
+			errs = append(errs, fmt.Errorf("releasing pod %v (%v): %w", f.PodUIDs, f.IPs, err))
+			continue
+		}
+		n++
+		log.Info("pod released: capture rules removed", "pod_uid", f.PodUIDs[0], "ips", f.IPs)
+	}
+	return n, errors.Join(errs...)
 }
