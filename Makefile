@@ -65,8 +65,8 @@ test-fuzz:
 test-e2e: build
 	AMBIT_BIN_DIR=$(BIN) go test -count=1 -v -timeout 20m ./test/e2e/
 
-## test-cluster: the cluster tier (root; about 70 s once the binaries are cached): a real single-node Kubernetes (internal/clustertest: kubelet,
-## containerd and runc, CNI bridge), `ambit install` from make images, the demo enrolled live and released, ambit uninstall
+## test-cluster: the cluster tier (root; about 110 s once the binaries are cached): a real single-node Kubernetes (internal/clustertest: kubelet,
+## containerd and runc, CNI bridge), `ambit install` from make images, the demo enrolled live and released, a node power cut, ambit uninstall
 CLUSTER_COMPONENTS := kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
 test-cluster: build images
 	AMBIT_K8S_BIN_DIR=$$(COMPONENTS="$(CLUSTER_COMPONENTS)" ./hack/k8s-testbins.sh) AMBIT_BIN_DIR=$(BIN) \

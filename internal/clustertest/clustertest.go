@@ -139,6 +139,8 @@ type Cluster struct {
 	procs     map[string]*exec.Cmd
 	svc       *serviceStandIn
 	dns       *dnsServer
+	// containerdCfg and kubeletCA, to start them again (RebootNode).
+	containerdCfg, kubeletCA string
 }
 
 // HostState is what teardown must leave as it found.
@@ -383,9 +385,155 @@ func Start(t *testing.T, o Options) *Cluster {
 	c.shareNetnsDir(t)
 	c.startContainerd(t, o)
 	c.importImages(t, o)
+	c.kubeletCA = kubeletCA
 	c.startKubelet(t, kubeletCA)
 	t.Logf("clustertest: node %s Ready after %s", NodeName, time.Since(t0).Round(time.Millisecond))
 	return c
+}
+
+// RebootNode stands in for a node that loses power and boots again. At
+// once, with SIGKILL: the kubelet, every process in the pods' cgroups,
+// the shims and containerd. Then what a boot does not find again: the
+// pods' network namespaces (their mounts in /run/netns go, and with the
+// last process each namespace), every mount under the kubelet's and
+// containerd's directories (tmpfs volumes, root filesystems), containerd's
+// state under RunRoot, the files in /var/run/ztunnel and /var/run/ambit
+// (tmpfs /run), the kubepods cgroups, and the host nftables tables the
+// product made (kernel state: the node agent's probe table). What is on
+// disk stays, as after a real boot: the CNI configuration (the node
+// agent's plugin entry in it included), the CNI binaries, containerd's
+// images and metadata, the kubelet's root directory. Then containerd and
+// the kubelet start again, and the kubelet brings back the node's pods as
+// after a boot: new sandboxes, the CNI plugins run for each, containers
+// restarted. It returns once the node is Ready again (its pods may not be).
+func (c *Cluster) RebootNode(t *testing.T) {
+	t.Helper()
+	kill := func(name string) {
+		if p := c.procs[name]; p != nil {
+			delete(c.procs, name)
+			_ = p.Process.Kill()
+			_ = p.Wait()
+		}
+	}
+	kill("kubelet")
+	for range 20 {
+		pids := podPIDs()
+		if len(pids) == 0 {
+			break
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, pid := range shimPIDs(c.ContainerdSock) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	kill("containerd")
+	if left := podPIDs(); len(left) > 0 {
+		t.Fatalf("clustertest: reboot: pod processes survive SIGKILL: %v", left)
+	}
+
+	ms := mountPoints()
+	sort.Sort(sort.Reverse(sort.StringSlice(ms)))
+	for _, m := range ms {
+		if strings.HasPrefix(m, StateRoot+"/") || strings.HasPrefix(m, RunRoot+"/") {
+			if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+				t.Logf("clustertest: reboot: umount %s: %v", m, err)
+			}
+		}
+	}
+	c.removeNetns()
+	// A killed pod's namespace can outlive its processes for minutes (TCP
+	// sockets orphaned mid-close keep it), and its veth with it; a boot
+	// finds neither.
+	deleteBridgePorts()
+	if err := os.RemoveAll(RunRoot); err != nil {
+		t.Fatalf("clustertest: reboot: %v", err)
+	}
+	if err := os.MkdirAll(RunRoot, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"/var/run/ztunnel", "/var/run/ambit"} {
+		es, _ := os.ReadDir(d)
+		for _, e := range es {
+			_ = os.RemoveAll(filepath.Join(d, e.Name()))
+		}
+	}
+	c.removeCgroups(t)
+	for _, tb := range nftTables() {
+		if tb != "ip "+NATTable && slices.Contains(ownedTables, tb) && !slices.Contains(c.before.NFTables, tb) {
+			f := strings.Fields(tb)
+			if out, err := exec.Command("nft", "delete", "table", f[0], f[1]).CombinedOutput(); err != nil {
+				t.Fatalf("clustertest: reboot: nft delete table %s: %v: %s", tb, err, out)
+			}
+		}
+	}
+
+	c.runContainerd(t)
+	c.startKubelet(t, c.kubeletCA)
+}
+
+// deleteBridgePorts deletes the links enslaved to the pods' bridge (the
+// host ends of the pods' veths, which takes the pod ends with them).
+func deleteBridgePorts() {
+	out, _ := exec.Command("ip", "-o", "link", "show", "master", Bridge).Output()
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		_ = exec.Command("ip", "link", "del", name).Run()
+	}
+}
+
+// podPIDs lists the processes in the kubelet's pod cgroups (cgroup v2, or
+// the pids hierarchy of v1).
+func podPIDs() []int {
+	var pids []int
+	for _, root := range []string{"/sys/fs/cgroup/kubepods", "/sys/fs/cgroup/pids/kubepods", "/sys/fs/cgroup/unified/kubepods"} {
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+				return nil
+			}
+			b, _ := os.ReadFile(p)
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && !slices.Contains(pids, pid) {
+					pids = append(pids, pid)
+				}
+			}
+			return nil
+		})
+	}
+	return pids
+}
+
+// removeNetns unmounts and removes the pods' network namespaces the
+// runtime bind-mounted in /run/netns.
+func (c *Cluster) removeNetns() {
+	es, err := os.ReadDir("/run/netns")
+	if err != nil {
+		return
+	}
+	for _, e := range es {
+		if strings.HasPrefix(e.Name(), "cni-") && !slices.Contains(c.before.Netns, e.Name()) {
+			p := filepath.Join("/run/netns", e.Name())
+			_ = syscall.Unmount(p, syscall.MNT_DETACH)
+			_ = os.Remove(p)
+		}
+	}
+}
+
+// removeCgroups removes the kubelet's cgroups, in every hierarchy.
+func (c *Cluster) removeCgroups(t testing.TB) {
+	ctrls, _ := os.ReadDir("/sys/fs/cgroup")
+	for _, ctl := range ctrls {
+		if slices.Contains(c.before.Cgroups, ctl.Name()+"/kubepods") {
+			continue
+		}
+		removeCgroupTree(t, filepath.Join("/sys/fs/cgroup", ctl.Name(), "kubepods"))
+	}
 }
 
 // shareNetnsDir makes /run/netns a shared mount point, as `ip netns add`
@@ -554,11 +702,19 @@ func (c *Cluster) startContainerd(t *testing.T, o Options) {
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.start("containerd", "containerd", "--config", cfgFile)
+	c.containerdCfg = cfgFile
+	c.runContainerd(t)
+}
+
+// runContainerd starts containerd with its configuration and waits for it
+// to answer.
+func (c *Cluster) runContainerd(t *testing.T) {
+	t.Helper()
+	c.start("containerd", "containerd", "--config", c.containerdCfg)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if err := exec.Command("ctr", "--address", c.ContainerdSock, "version").Run(); err == nil {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("clustertest: containerd not up:\n%s", c.Tail("containerd", 30))
@@ -716,15 +872,7 @@ func (c *Cluster) teardown() {
 			}
 		}
 	}
-	if es, err := os.ReadDir("/run/netns"); err == nil {
-		for _, e := range es {
-			if strings.HasPrefix(e.Name(), "cni-") && !slices.Contains(c.before.Netns, e.Name()) {
-				p := filepath.Join("/run/netns", e.Name())
-				_ = syscall.Unmount(p, syscall.MNT_DETACH)
-				_ = os.Remove(p)
-			}
-		}
-	}
+	c.removeNetns()
 	if c.netnsMounted {
 		// Only when nobody else added a namespace meanwhile: detaching the
 		// mount would hide theirs.
@@ -749,15 +897,7 @@ func (c *Cluster) teardown() {
 			t.Logf("clustertest: umount /var: %v", err)
 		}
 	}
-	// The kubelet's cgroups, in every hierarchy.
-	ctrls, _ := os.ReadDir("/sys/fs/cgroup")
-	for _, ctl := range ctrls {
-		root := filepath.Join("/sys/fs/cgroup", ctl.Name(), "kubepods")
-		if slices.Contains(c.before.Cgroups, ctl.Name()+"/kubepods") {
-			continue
-		}
-		removeCgroupTree(t, root)
-	}
+	c.removeCgroups(t)
 	// nftables tables we (the stand-in) or the product (the node agent's
 	// probe SNAT) made, and iptables-nft tables that only the kubelet's
 	// KUBE-* chains filled.
@@ -771,6 +911,7 @@ func (c *Cluster) teardown() {
 			}
 		}
 	}
+	deleteBridgePorts()
 	_ = exec.Command("ip", "link", "del", Bridge).Run()
 	if c.before.IPForward != "" {
 		_ = os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte(c.before.IPForward+"\n"), 0o644)

@@ -47,6 +47,9 @@ type env struct {
 	echoVIP  string
 	client   string // client pod name
 	clientPI int    // client container's host PID
+	// restarts are the demo containers' restart counts checkPods expects
+	// (a node reboot restarts each once).
+	restarts map[string]int32
 }
 
 func binDir() string {
@@ -69,7 +72,7 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("ambit version: %v", err)
 	}
 	tag := strings.Fields(strings.TrimSpace(string(ver)))
-	e := &env{ambit: filepath.Join(bin, "ambit"), pods: map[string]types.UID{}}
+	e := &env{ambit: filepath.Join(bin, "ambit"), pods: map[string]types.UID{}, restarts: map[string]int32{}}
 	// "ambit <version> ..." or just the version.
 	e.image = "ambit.local/ambit:" + versionOf(tag)
 
@@ -92,6 +95,7 @@ func TestCluster(t *testing.T) {
 		{"waypoint", stepWaypoint, true},
 		{"ztunnel-rollout", stepZtunnelRollout, true},
 		{"node-agent-restart", stepNodeAgentRestart, true},
+		{"node-reboot", stepNodeReboot, false},
 		{"unenroll", stepUnenroll, false},
 		{"uninstall", stepUninstall, false},
 	}
@@ -321,18 +325,8 @@ func stepDemo(t *testing.T, e *env) {
 	})
 	for _, p := range demoPods(t, e) {
 		e.pods[p.Name] = p.UID
-		switch p.Labels["app"] {
-		case "echo":
-			e.echoIPs = append(e.echoIPs, p.Status.PodIP)
-		case "client":
-			e.client = p.Name
-			pid, err := e.c.ContainerPID(p.Status.ContainerStatuses[0].ContainerID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			e.clientPI = pid
-		}
 	}
+	e.refresh(t)
 	svc, err := e.c.Client.CoreV1().Services(ns).Get(ctx(t, 10*time.Second), "echo", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -347,6 +341,25 @@ func stepDemo(t *testing.T, e *env) {
 	}
 	if s := runClient(t, e, "http://"+e.echoVIP+":8080/", 1, "--timeout", "1s"); s.Errors != 1 {
 		t.Fatalf("the VIP answered before enrollment (is something proxying services?): %+v", s)
+	}
+}
+
+// refresh reads the demo pods' IPs and the client container's PID.
+func (e *env) refresh(t *testing.T) {
+	t.Helper()
+	e.echoIPs = nil
+	for _, p := range demoPods(t, e) {
+		switch p.Labels["app"] {
+		case "echo":
+			e.echoIPs = append(e.echoIPs, p.Status.PodIP)
+		case "client":
+			e.client = p.Name
+			pid, err := e.c.ContainerPID(p.Status.ContainerStatuses[0].ContainerID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.clientPI = pid
+		}
 	}
 }
 
@@ -394,8 +407,8 @@ func checkPods(t *testing.T, e *env) {
 			t.Errorf("pod %s not ready", p.Name)
 		}
 		for _, cs := range p.Status.ContainerStatuses {
-			if cs.RestartCount != 0 {
-				t.Errorf("pod %s container %s restarted %d times", p.Name, cs.Name, cs.RestartCount)
+			if want := e.restarts[p.Name+"/"+cs.Name]; cs.RestartCount != want {
+				t.Errorf("pod %s container %s restarted %d times, want %d", p.Name, cs.Name, cs.RestartCount, want)
 			}
 		}
 	}
@@ -414,23 +427,42 @@ func setLabel(t *testing.T, e *env, value string) {
 
 func stepEnroll(t *testing.T, e *env) {
 	t0 := time.Now()
+	enroll(t, e)
+	t.Logf("all demo pods captured %s after the label", time.Since(t0).Round(time.Millisecond))
+	checkPods(t, e)
+}
+
+// enroll labels the demo namespace and waits for every demo pod to be
+// annotated, then checks the rules are in each pod's netns.
+func enroll(t *testing.T, e *env) {
+	t.Helper()
 	setLabel(t, e, "ambient")
 	waitFor(t, 30*time.Second, "demo pods annotated "+redirection, func() (bool, string) {
 		for _, p := range demoPods(t, e) {
-			if p.Annotations[redirection] != "enabled" {
+			if p.Labels["app"] != "" && p.Annotations[redirection] != "enabled" {
 				return false, p.Name + " not annotated"
 			}
 		}
 		return true, ""
 	})
-	t.Logf("all demo pods captured %s after the label", time.Since(t0).Round(time.Millisecond))
-	// The rules are in each pod's netns.
 	for _, p := range demoPods(t, e) {
-		if rs := podRuleset(t, e, p); !strings.Contains(rs, "table") {
+		if rs := podRuleset(t, e, p); p.Labels["app"] != "" && !strings.Contains(rs, "table") {
 			t.Errorf("pod %s: no nftables rules in its netns after enrollment", p.Name)
 		}
 	}
-	checkPods(t, e)
+}
+
+// released fails unless no demo pod is annotated or has rules in its netns.
+func released(t *testing.T, e *env) (bool, string) {
+	for _, p := range demoPods(t, e) {
+		if _, ok := p.Annotations[redirection]; ok {
+			return false, p.Name + " still annotated"
+		}
+		if rs := podRuleset(t, e, p); rs != "" {
+			return false, p.Name + " still has rules:\n" + rs
+		}
+	}
+	return true, ""
 }
 
 func podRuleset(t *testing.T, e *env, p corev1.Pod) string {
@@ -684,20 +716,159 @@ func stepNodeAgentRestart(t *testing.T, e *env) {
 	checkPods(t, e)
 }
 
-func stepUnenroll(t *testing.T, e *env) {
-	t0 := time.Now()
-	setLabel(t, e, "")
-	waitFor(t, 30*time.Second, "demo pods released", func() (bool, string) {
-		for _, p := range demoPods(t, e) {
-			if _, ok := p.Annotations[redirection]; ok {
-				return false, p.Name + " still annotated"
+// talkerYAML is a client that talks to the echo Service from the moment
+// its container starts, a new connection every 50 ms: started outside the
+// mesh, its first connections would cross the bridge in plaintext.
+const talkerYAML = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: talker, namespace: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: talker}}
+  template:
+    metadata: {labels: {app: talker}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: talker
+        image: IMAGE
+        imagePullPolicy: Never
+        command: [/usr/local/bin/ambit, sample, client, "http://VIP:8080/", -n, "100000000", --interval, 50ms,
+                  --new-conn-per-request, --timeout, 1s]
+`
+
+// stepNodeReboot cuts the node's power (clustertest.RebootNode: every
+// process killed, what a boot clears cleared, the CNI configuration on
+// disk kept) while a talker pod opens connections from its start, and
+// asserts that no enrolled pod's traffic crossed the bridge in plaintext
+// while the node came back: every pod ambient wants started captured (the
+// CNI plugin fails a sandbox until the node agent and a ztunnel take it),
+// annotated, with its rules, and the mesh serves again.
+func stepNodeReboot(t *testing.T, e *env) {
+	apply(t, e, strings.NewReplacer("IMAGE", e.image, "VIP", e.echoVIP).Replace(talkerYAML))
+	deleteTalker := func() {
+		c, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _ = e.c.Kubectl(c, "delete", "deployment", "-n", ns, "talker", "--wait=true", "--timeout=50s")
+		for c.Err() == nil {
+			ps, err := e.c.Client.CoreV1().Pods(ns).List(c, metav1.ListOptions{LabelSelector: "app=talker"})
+			if err == nil && len(ps.Items) == 0 {
+				return
 			}
-			if rs := podRuleset(t, e, p); rs != "" {
-				return false, p.Name + " still has rules:\n" + rs
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	t.Cleanup(deleteTalker)
+	waitFor(t, 60*time.Second, "talker captured", func() (bool, string) {
+		ps, _ := e.c.Client.CoreV1().Pods(ns).List(ctx(t, 10*time.Second), metav1.ListOptions{LabelSelector: "app=talker"})
+		if len(ps.Items) != 1 || ps.Items[0].Annotations[redirection] != "enabled" || ps.Items[0].Status.Phase != corev1.PodRunning {
+			return false, fmt.Sprintf("%d talker pods", len(ps.Items))
+		}
+		return true, ""
+	})
+	// The containers that run now: each must be replaced by a new one.
+	pl, err := e.c.Client.CoreV1().Pods("").List(ctx(t, 10*time.Second), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldContainer := map[types.UID]string{}
+	for _, p := range pl.Items {
+		if len(p.Status.ContainerStatuses) > 0 {
+			oldContainer[p.UID] = p.Status.ContainerStatuses[0].ContainerID
+		}
+	}
+	cap := startCapture(t)
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	e.c.RebootNode(t)
+	t.Logf("node Ready %s after the power cut", time.Since(t0).Round(time.Millisecond))
+
+	// Every pod of the node comes back ready; those ambient wants are
+	// captured.
+	waitFor(t, 4*time.Minute, "every pod back after the reboot", func() (bool, string) {
+		pl, err := e.c.Client.CoreV1().Pods("").List(ctx(t, 10*time.Second), metav1.ListOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range pl.Items {
+			if len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].ContainerID == oldContainer[p.UID] {
+				return false, p.Namespace + "/" + p.Name + " not restarted yet"
+			}
+			if p.Labels["app"] == "talker" {
+				if p.Status.Phase != corev1.PodRunning {
+					return false, "talker not running"
+				}
+			} else if !podReady(p) {
+				return false, p.Namespace + "/" + p.Name + " not ready"
+			}
+			if p.Namespace == ns && p.Labels["app"] != "" && p.Annotations[redirection] != "enabled" {
+				return false, p.Name + " not annotated enabled"
 			}
 		}
 		return true, ""
 	})
+	t.Logf("every pod ready again %s after the power cut", time.Since(t0).Round(time.Millisecond))
+	for _, p := range demoPods(t, e) {
+		if p.Labels["app"] == "" {
+			continue // the waypoint's
+		}
+		if rs := podRuleset(t, e, p); !strings.Contains(rs, "table") {
+			t.Errorf("pod %s: no capture rules in its netns after the reboot", p.Name)
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			e.restarts[p.Name+"/"+cs.Name] = cs.RestartCount
+		}
+	}
+	// Each demo pod was captured through the CNI plugin, before its
+	// containers started (not found running by the agent afterwards).
+	agentLog, _ := e.c.Kubectl(ctx(t, 30*time.Second), "logs", "-n", "istio-system", "-l", "app=ambit-node-agent", "--tail=-1")
+	held := strings.Count(agentLog, "no ztunnel connection")
+	for _, p := range demoPods(t, e) {
+		if p.Labels["app"] == "" {
+			continue
+		}
+		found := false
+		for _, l := range strings.Split(agentLog, "\n") {
+			if strings.Contains(l, "pod captured before it starts") && logHas(l, "pod", ns+"/"+p.Name) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("pod %s was not captured by the CNI plugin before it started after the reboot:\n%s", p.Name, lastLines(agentLog, 30))
+		}
+	}
+	t.Logf("the node agent held %d sandboxes back until a ztunnel connected", held)
+	time.Sleep(3 * time.Second)
+	plain, hbone := cap.stop(t)
+	logs, _ := e.c.Kubectl(ctx(t, 30*time.Second), "logs", "-n", ns, "deployment/talker", "--tail=-1")
+	ok, failed := 0, 0
+	for _, l := range strings.Split(logs, "\n") {
+		switch {
+		case strings.Contains(l, " 200 pod="):
+			ok++
+		case strings.HasPrefix(l, "#"):
+			failed++
+		}
+	}
+	t.Logf("during the reboot: on the bridge %d HBONE packets, %d plaintext app packets; the restarted talker: %d requests answered, %d failed (the mesh not back yet)", hbone, plain, ok, failed)
+	if plain != 0 {
+		t.Errorf("%d plaintext packets to or from the app port between pods while the node booted", plain)
+	}
+	if ok == 0 {
+		t.Errorf("the restarted talker got no answer:\n%s", lastLines(logs, 20))
+	}
+	e.refresh(t)
+	if s := runClient(t, e, "http://"+e.echoVIP+":8080/", 5); s.Errors != 0 {
+		t.Errorf("the echo VIP after the reboot: %+v", s)
+	}
+	deleteTalker()
+	checkPods(t, e)
+}
+
+func stepUnenroll(t *testing.T, e *env) {
+	t0 := time.Now()
+	setLabel(t, e, "")
+	waitFor(t, 30*time.Second, "demo pods released", func() (bool, string) { return released(t, e) })
 	t.Logf("released, no rules left in any pod netns, %s after the unlabel", time.Since(t0).Round(time.Millisecond))
 	if s := runClient(t, e, "http://"+e.echoIPs[0]+":8080/", 3); s.Errors != 0 {
 		t.Errorf("plaintext pod IP after unenrollment: %+v", s)
@@ -705,12 +876,22 @@ func stepUnenroll(t *testing.T, e *env) {
 	checkPods(t, e)
 }
 
+// stepUninstall uninstalls with the demo enrolled: the node agent
+// releases its pods on the way out (no rules, no annotation, plaintext
+// works) and the node is as install found it.
 func stepUninstall(t *testing.T, e *env) {
+	enroll(t, e)
 	args := []string{"uninstall", "--kubeconfig", e.c.Kubeconfig, "--timeout", "2m"}
 	out, err := exec.CommandContext(ctx(t, 3*time.Minute), e.ambit, args...).CombinedOutput()
 	t.Logf("ambit %s:\n%s", strings.Join(args, " "), out)
 	if err != nil {
 		t.Fatalf("ambit uninstall: %v", err)
+	}
+	if ok, why := released(t, e); !ok {
+		t.Errorf("a demo pod enrolled at uninstall was not released: %s", why)
+	}
+	if strings.Contains(string(out), "warning") {
+		t.Errorf("ambit uninstall warned")
 	}
 	after := readNodeState(e.c)
 	for name, b := range beforeInstall.conflists {
