@@ -45,8 +45,8 @@ ambient.istio.io/redirection: enabled. Removing the label undoes it all.
 
 New pods are reported by the CNI plugin over --cni-event-socket before
 they start; a pod that should be enrolled but cannot be (agent not
-reachable, no ztunnel connected, an error) does not start, and the
-runtime retries it. After a restart the agent finds running pods' network
+reachable, no ztunnel connected within 5 s, an error) does not start, and
+the runtime retries it. After a restart the agent finds running pods' network
 namespaces by their IPs under --host-proc, and reconciles every pod before
 it reports ready (--ready-addr /readyz).
 

@@ -21,8 +21,8 @@
 //
 // Fail closed: the CNI plugin fails a pod's sandbox when the agent cannot be
 // reached or cannot enroll a pod that belongs in the mesh (also when no
-// ztunnel is connected), so such a pod never runs uncaptured; the runtime
-// retries it. The rules live in the pod's namespace, so an agent restart
+// ztunnel connects within a few seconds: at boot ztunnel starts alongside
+// the pods), so such a pod never runs uncaptured; the runtime retries it. The rules live in the pod's namespace, so an agent restart
 // does not touch them: traffic keeps going to ztunnel (or waits for one),
 // never around it. A starting agent reconciles every pod of the node
 // (re-installing rules atomically, handing the namespaces to the ZDS
@@ -789,6 +789,31 @@ func (a *Agent) annotate(ctx context.Context, pod *corev1.Pod, value string) err
 	return nil
 }
 
+// ztunnelWait is how long a new pod's CNI event waits for a ztunnel to
+// connect before its sandbox fails (inside cnievent.NotifyTimeout).
+const ztunnelWait = 5 * time.Second
+
+// awaitZtunnel returns once a ztunnel is connected and has its snapshot,
+// or after d, or when ctx is done.
+func (a *Agent) awaitZtunnel(ctx context.Context, d time.Duration) {
+	if a.zds.Connected() > 0 {
+		return
+	}
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for a.zds.Connected() == 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 // onCNIEvent enrolls a pod the CNI plugin just networked, before it
 // starts, if it belongs in the mesh. An error keeps the pod from starting:
 // the pod is unknown, its namespace cannot be opened, enrollment failed,
@@ -814,6 +839,12 @@ func (a *Agent) onCNIEvent(ctx context.Context, ev cnievent.CNIEvent) error {
 	nsObj, err := a.namespace(ctx, pod.Namespace, true)
 	if err != nil {
 		return fmt.Errorf("namespace of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	if a.wants(pod, nsObj) {
+		// A pod that belongs in the mesh waits a little for a ztunnel (at
+		// boot, ztunnel starts with the pods) rather than failing its
+		// sandbox at once into the runtime's retry backoff.
+		a.awaitZtunnel(ctx, ztunnelWait)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

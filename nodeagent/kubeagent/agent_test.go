@@ -476,13 +476,25 @@ func TestNodeAgent(t *testing.T) {
 	eventually(t, "late enrolled, pending", func() bool {
 		return rules(t, lateNs.Netns).Installed() && c.annotation(late) == "pending"
 	})
+	// At boot a pod's sandbox may come before ztunnel: its CNI ADD waits
+	// (ztunnelWait) for a ztunnel, and starts captured once one connects.
 	// The next ztunnel gets the enrolled pods, not the refused one.
+	bootNs := node.Pod(t, "10.213.3.23")
+	boot := c.pod("demo", "boot", nil, "")
+	bootEv := cnievent.CNIEvent{Namespace: "demo", Name: "boot", UID: string(boot.UID), Netns: bootNs.Netns, IPs: []string{"10.213.3.23"}}
+	bootErr := make(chan error, 1)
+	go func() { bootErr <- cnievent.Notify(ctx, c.opts.CNIEventSocket, bootEv) }()
+	time.Sleep(time.Second)
 	zt = startZtunnel(t, c.opts.ZDSSocket)
+	if err := <-bootErr; err != nil {
+		t.Errorf("a pod whose CNI ADD came a second before ztunnel did not start: %v", err)
+	}
 	eventually(t, "the new ztunnel's snapshot", func() bool {
 		_, e := zt.proxy(echo.UID)
 		_, f := zt.proxy(fresh.UID)
 		_, l := zt.proxy(late.UID)
-		return e && f && l && c.annotation(late) == "enabled"
+		_, b := zt.proxy(boot.UID)
+		return e && f && l && b && c.annotation(late) == "enabled" && c.annotation(boot) == "enabled" && rules(t, bootNs.Netns).Installed()
 	})
 	if _, ok := zt.proxy(blocked.UID); ok {
 		t.Error("the refused pod went to the next ztunnel")
@@ -509,8 +521,9 @@ func TestNodeAgent(t *testing.T) {
 		_, e := zt.proxy(echo.UID)
 		_, f := zt.proxy(fresh.UID)
 		_, l := zt.proxy(late.UID)
-		return !e && !f && !l && rules(t, echoNs.Netns).Clean() && rules(t, freshNs.Netns).Clean() && rules(t, lateNs.Netns).Clean() &&
-			c.annotation(echo) == "" && c.annotation(fresh) == "" && c.annotation(late) == ""
+		_, b := zt.proxy(boot.UID)
+		return !e && !f && !l && !b && rules(t, echoNs.Netns).Clean() && rules(t, freshNs.Netns).Clean() && rules(t, lateNs.Netns).Clean() &&
+			rules(t, bootNs.Netns).Clean() && c.annotation(echo) == "" && c.annotation(fresh) == "" && c.annotation(late) == "" && c.annotation(boot) == ""
 	})
 	if ips := probeSet(t, node.Netns); len(ips) != 0 {
 		t.Errorf("probe set after every pod left: %v", ips)
