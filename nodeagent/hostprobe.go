@@ -212,10 +212,6 @@ func splitFamilies(ips []netip.Addr) (v4, v6 []nftables.SetElement) {
 // AddPodIPs adds the addresses to the probe sets (already present ones are
 // fine). Install must have run.
 func (h *HostProbes) AddPodIPs(ctx context.Context, ips []netip.Addr) error {
-	v4, v6 := splitFamilies(ips)
-	if len(v4)+len(v6) == 0 {
-		return nil
-	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c, done, err := h.conn(ctx)
@@ -223,69 +219,27 @@ func (h *HostProbes) AddPodIPs(ctx context.Context, ips []netip.Addr) error {
 		return err
 	}
 	defer done()
-	if len(v4) > 0 {
-		if err := c.SetAddElements(probeSet4, v4); err != nil {
-			return err
-		}
-	}
-	if len(v6) > 0 {
-		if err := c.SetAddElements(probeSet6, v6); err != nil {
-			return err
-		}
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("host probe SNAT: adding %v: %w", ips, err)
-	}
-	return nil
+	return changeElements(c, ips, true)
 }
 
 // RemovePodIPs removes the addresses from the probe sets; absent ones (or
 // an absent table) are fine.
 func (h *HostProbes) RemovePodIPs(ctx context.Context, ips []netip.Addr) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	c, done, err := h.conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	have, err := elements(c)
-	if err != nil {
-		return err
-	}
-	var gone []netip.Addr
-	for _, ip := range ips {
-		if slices.Contains(have, ip.Unmap()) {
-			gone = append(gone, ip.Unmap())
-		}
-	}
-	return deleteElements(c, gone)
-}
-
-func deleteElements(c *nftables.Conn, ips []netip.Addr) error {
-	v4, v6 := splitFamilies(ips)
-	if len(v4)+len(v6) == 0 {
-		return nil
-	}
-	if len(v4) > 0 {
-		if err := c.SetDeleteElements(probeSet4, v4); err != nil {
-			return err
-		}
-	}
-	if len(v6) > 0 {
-		if err := c.SetDeleteElements(probeSet6, v6); err != nil {
-			return err
-		}
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("host probe SNAT: removing %v: %w", ips, err)
-	}
-	return nil
+	return h.removeWhere(ctx, func(ip netip.Addr) bool {
+		return slices.ContainsFunc(ips, func(g netip.Addr) bool { return g.Unmap() == ip })
+	})
 }
 
 // Retain removes every address that is not in keep from the probe sets
 // (after a restart, the pods that went away meanwhile).
 func (h *HostProbes) Retain(ctx context.Context, keep []netip.Addr) error {
+	return h.removeWhere(ctx, func(ip netip.Addr) bool {
+		return !slices.ContainsFunc(keep, func(k netip.Addr) bool { return k.Unmap() == ip })
+	})
+}
+
+// removeWhere deletes the addresses in the probe sets that drop selects.
+func (h *HostProbes) removeWhere(ctx context.Context, drop func(netip.Addr) bool) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c, done, err := h.conn(ctx)
@@ -299,11 +253,38 @@ func (h *HostProbes) Retain(ctx context.Context, keep []netip.Addr) error {
 	}
 	var gone []netip.Addr
 	for _, ip := range have {
-		if !slices.ContainsFunc(keep, func(k netip.Addr) bool { return k.Unmap() == ip }) {
+		if drop(ip) {
 			gone = append(gone, ip)
 		}
 	}
-	return deleteElements(c, gone)
+	return changeElements(c, gone, false)
+}
+
+// changeElements adds (or deletes) the addresses to (from) the probe sets
+// of their family, in one batch.
+func changeElements(c *nftables.Conn, ips []netip.Addr, add bool) error {
+	v4, v6 := splitFamilies(ips)
+	if len(v4)+len(v6) == 0 {
+		return nil
+	}
+	change, verb := c.SetDeleteElements, "removing"
+	if add {
+		change, verb = c.SetAddElements, "adding"
+	}
+	for _, fam := range []struct {
+		set   *nftables.Set
+		elems []nftables.SetElement
+	}{{probeSet4, v4}, {probeSet6, v6}} {
+		if len(fam.elems) > 0 {
+			if err := change(fam.set, fam.elems); err != nil {
+				return fmt.Errorf("host probe SNAT: %s %v: %w", verb, ips, err)
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("host probe SNAT: %s %v: %w", verb, ips, err)
+	}
+	return nil
 }
 
 // PodIPs lists the addresses in the probe sets (none without the table).
