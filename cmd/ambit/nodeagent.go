@@ -100,6 +100,7 @@ daemonsets get (its own namespace).`,
 	f := cmd.Flags()
 	f.StringVar(&o.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	f.StringVar(&o.CNIConfDir, "cni-conf-dir", kubeagent.DefaultCNIConfDir, "the node's CNI configuration directory")
+	f.StringVar(&o.CNIOwnFile, "cni-own-config", kubeagent.DefaultCNIOwnFile, "the agent's own conflist in --cni-conf-dir (the primary network's copied, our plugin last; it survives a network plugin rewriting its file at boot); empty: chain into the primary file")
 	f.StringVar(&o.CNIBinDir, "cni-bin-dir", kubeagent.DefaultCNIBinDir, "the node's CNI plugin directory")
 	f.StringVar(&o.CNIPluginSrc, "cni-plugin-src", kubeagent.DefaultCNIPluginSrc, "the ambit-cni binary to copy (atomically) into --cni-bin-dir")
 	f.StringVar(&o.ZDSSocket, "zds-socket", zds.DefaultSocketPath, "the ZDS socket ztunnel connects to")

@@ -23,6 +23,7 @@ func TestNodeAgentFlags(t *testing.T) {
 		"host-proc":        "/proc",
 		"ready-addr":       ":8000",
 		"uninstall":        "false",
+		"cni-own-config":   "01-ambit-cni.conflist",
 	} {
 		f := cmd.Flags().Lookup(name)
 		if f == nil {

@@ -405,8 +405,10 @@ func Start(t *testing.T, o Options) *Cluster {
 // images and metadata, the kubelet's root directory. Then containerd and
 // the kubelet start again, and the kubelet brings back the node's pods as
 // after a boot: new sandboxes, the CNI plugins run for each, containers
-// restarted. It returns once the node is Ready again (its pods may not be).
-func (c *Cluster) RebootNode(t *testing.T) {
+// restarted. atBoot, if not nil, runs before containerd starts (what a
+// boot script would do). It returns once the node is Ready again (its pods
+// may not be).
+func (c *Cluster) RebootNode(t *testing.T, atBoot func()) {
 	t.Helper()
 	kill := func(name string) {
 		if p := c.procs[name]; p != nil {
@@ -470,6 +472,9 @@ func (c *Cluster) RebootNode(t *testing.T) {
 		}
 	}
 
+	if atBoot != nil {
+		atBoot()
+	}
 	c.runContainerd(t)
 	c.startKubelet(t, c.kubeletCA)
 }

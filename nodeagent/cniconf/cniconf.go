@@ -7,6 +7,16 @@
 // someone rewrites the file (the network plugin's own installer usually
 // does, at its restarts). Uninstall takes our entry out of every file.
 // The plugin binary is copied into the CNI bin directory the same way.
+//
+// With Installer.OwnFile set, the primary file is never written: our own
+// file, named to sort before it, holds a copy of the primary network's
+// configuration with our plugin last (as istio-cni's
+// istio-owned-cni-config). The runtime then uses ours; a network plugin
+// that rewrites its own file (at every boot, before the node agent is back)
+// no longer takes our plugin out of the chain, so pods started then are
+// still held until the node agent captures them. Watch refreshes the copy
+// when the primary changes; Uninstall deletes our file, leaving the
+// primary as it always was.
 package cniconf
 
 import (
@@ -252,7 +262,12 @@ type Installer struct {
 	// bin directory it is copied into (as BinDir/ambit-cni) before the
 	// configuration refers to it.
 	PluginSrc, BinDir string
-	Logger            *slog.Logger
+	// OwnFile, if set, is the name (in ConfDir) of our own configuration
+	// file, which must sort before the primary's (see the package
+	// comment); empty, or a primary that sorts before it: our entry goes
+	// into the primary file.
+	OwnFile string
+	Logger  *slog.Logger
 
 	mu        sync.Mutex
 	installed string // the file holding our entry after the last Install
@@ -286,6 +301,14 @@ func (in *Installer) Install() (path string, changed bool, err error) {
 			return "", false, err
 		}
 		changed = bin
+	}
+	if in.OwnFile != "" {
+		p, c, err := in.installOwn()
+		if !errors.Is(err, errSortsFirst) {
+			return p, changed || c, err
+		}
+		in.logger().Warn("chaining into the primary configuration instead of our own file", "err", err)
+		_ = os.Remove(filepath.Join(in.ConfDir, in.OwnFile))
 	}
 	path, err = PrimaryConfig(in.ConfDir)
 	if err != nil {
@@ -327,9 +350,69 @@ func (in *Installer) Install() (path string, changed bool, err error) {
 	return target, true, nil
 }
 
+// errSortsFirst: the primary file sorts before OwnFile, so the runtime
+// would not use ours; Install chains into the primary instead.
+var errSortsFirst = errors.New("sorts before our own file")
+
+// installOwn writes OwnFile: the primary network's configuration (the
+// lowest-sorted other file) with our plugin last. An entry of ours in the
+// primary (an earlier install that chained into it) is taken out.
+func (in *Installer) installOwn() (string, bool, error) {
+	own := filepath.Join(in.ConfDir, in.OwnFile)
+	if !isConfName(in.OwnFile) || filepath.Ext(in.OwnFile) != ".conflist" || filepath.Base(in.OwnFile) != in.OwnFile {
+		return "", false, fmt.Errorf("CNI config: our own file %q must be a *.conflist name in %s", in.OwnFile, in.ConfDir)
+	}
+	files, err := configFiles(in.ConfDir)
+	if err != nil {
+		return "", false, err
+	}
+	files = slices.DeleteFunc(files, func(f string) bool { return f == own })
+	if len(files) == 0 {
+		return "", false, fmt.Errorf("%w in %s", ErrNoConfig, in.ConfDir)
+	}
+	primary := files[0]
+	if filepath.Base(primary) < in.OwnFile {
+		return "", false, fmt.Errorf("CNI config %s %w %s", primary, errSortsFirst, in.OwnFile)
+	}
+	data, err := os.ReadFile(primary)
+	if err != nil {
+		return "", false, fmt.Errorf("CNI config %s: %w", primary, err)
+	}
+	fi, err := os.Stat(primary)
+	if err != nil {
+		return "", false, fmt.Errorf("CNI config %s: %w", primary, err)
+	}
+	isList := filepath.Ext(primary) == ".conflist"
+	changed := false
+	if isList && bytes.Contains(data, []byte(PluginType)) {
+		if clean, ok, err := RemovePlugin(data); err == nil && ok {
+			if err := WriteAtomic(primary, clean, fi.Mode().Perm()); err != nil {
+				return "", false, fmt.Errorf("CNI config %s: %w", primary, err)
+			}
+			in.logger().Info("CNI plugin entry moved out of the primary configuration", "config", primary, "own", own)
+			data, changed = clean, true
+		}
+	}
+	out, _, err := InsertPlugin(data, isList, in.Plugin)
+	if err != nil {
+		return "", false, fmt.Errorf("CNI config %s: %w (ours not written)", primary, err)
+	}
+	if cur, err := os.ReadFile(own); err == nil && bytes.Equal(cur, out) {
+		in.installed = own
+		return own, changed, nil
+	}
+	if err := WriteAtomic(own, out, fi.Mode().Perm()); err != nil {
+		return "", changed, fmt.Errorf("CNI config %s: %w", own, err)
+	}
+	in.installed = own
+	in.logger().Info("CNI configuration of our own written", "config", own, "from", primary)
+	return own, true, nil
+}
+
 // Uninstall takes our entry out of every configuration file of ConfDir and
-// removes the binary (if configured). Files that do not parse are left
-// alone. It returns the files it rewrote.
+// removes the binary (if configured); our own file (OwnFile) is deleted.
+// Files that do not parse are left alone. It returns the files it rewrote
+// or deleted.
 func (in *Installer) Uninstall() ([]string, error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -342,6 +425,15 @@ func (in *Installer) Uninstall() ([]string, error) {
 	var errs []error
 	for _, path := range files {
 		if filepath.Ext(path) != ".conflist" {
+			continue
+		}
+		if in.OwnFile != "" && path == filepath.Join(in.ConfDir, in.OwnFile) {
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("CNI config: removing our %s: %w", path, err))
+				continue
+			}
+			changed = append(changed, path)
+			in.logger().Info("CNI configuration of our own removed", "config", path)
 			continue
 		}
 		data, err := os.ReadFile(path)

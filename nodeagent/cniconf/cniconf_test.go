@@ -294,3 +294,124 @@ func TestWatch(t *testing.T) {
 		return err == nil
 	})
 }
+
+// TestInstallOwnFile: with OwnFile the primary is never written; our file
+// sorts first and holds the primary's network with our plugin last.
+func TestInstallOwnFile(t *testing.T) {
+	const own = "01-ambit.conflist"
+	bridge := `{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge","bridge":"cni0"},{"type":"portmap"}]}` + "\n"
+	chained := `{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge","bridge":"cni0"},{"type":"ambit-cni"}]}` + "\n"
+	tests := []struct {
+		name    string
+		files   map[string]string
+		wantErr string
+		types   []string // our file's plugins
+		primary string   // the primary's name
+		// primaryAfter: the primary's bytes after Install ("" = as before)
+		primaryAfter []string // its plugin types, when it was rewritten
+	}{
+		{name: "conflist", files: map[string]string{"10-k8s.conflist": bridge},
+			types: []string{"bridge", "portmap", PluginType}, primary: "10-k8s.conflist"},
+		{name: "conf", files: map[string]string{"10-k8s.conf": `{"cniVersion":"1.0.0","name":"k8s","type":"bridge","mtu":1450}`},
+			types: []string{"bridge", PluginType}, primary: "10-k8s.conf"},
+		{name: "lowest other file is the primary", files: map[string]string{"10-k8s.conflist": bridge, "20-other.conflist": `{"name":"x","plugins":[{"type":"ptp"}]}`},
+			types: []string{"bridge", "portmap", PluginType}, primary: "10-k8s.conflist"},
+		{name: "an entry chained into the primary moves to ours", files: map[string]string{"10-k8s.conflist": chained},
+			types: []string{"bridge", PluginType}, primary: "10-k8s.conflist", primaryAfter: []string{"bridge"}},
+
+		{name: "no configuration", files: map[string]string{}, wantErr: "no CNI network configuration"},
+		{name: "malformed primary", files: map[string]string{"10-k8s.conflist": `{"name":`}, wantErr: "malformed JSON"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, data := range tc.files {
+				os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644)
+			}
+			in := &Installer{ConfDir: dir, OwnFile: own, Plugin: map[string]any{"agentSocket": "/var/run/ambit/cni.sock"}}
+			path, changed, err := in.Install()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Install: %v, want an error with %q", err, tc.wantErr)
+				}
+				if _, serr := os.Stat(filepath.Join(dir, own)); serr == nil {
+					t.Error("our file written despite the error")
+				}
+				for name, data := range tc.files {
+					if got, _ := os.ReadFile(filepath.Join(dir, name)); string(got) != data {
+						t.Errorf("%s was touched", name)
+					}
+				}
+				return
+			}
+			if err != nil || !changed || path != filepath.Join(dir, own) || in.Installed() != path {
+				t.Fatalf("Install = %s, %v, %v; Installed %q", path, changed, err, in.Installed())
+			}
+			if got := pluginTypes(t, path); !slices.Equal(got, tc.types) {
+				t.Errorf("our plugins = %v, want %v", got, tc.types)
+			}
+			var l struct{ Name, CNIVersion string }
+			b, _ := os.ReadFile(path)
+			json.Unmarshal(b, &l)
+			if l.Name != "k8s" || l.CNIVersion != "1.0.0" {
+				t.Errorf("our file's network = %+v, want the primary's", l)
+			}
+			if primary, _ := PrimaryConfig(dir); primary != path {
+				t.Errorf("the runtime's file is %s, not ours", primary)
+			}
+			pp := filepath.Join(dir, tc.primary)
+			if tc.primaryAfter == nil {
+				if got, _ := os.ReadFile(pp); string(got) != tc.files[tc.primary] {
+					t.Errorf("the primary was rewritten: %s", got)
+				}
+			} else if got := pluginTypes(t, pp); !slices.Equal(got, tc.primaryAfter) {
+				t.Errorf("the primary's plugins = %v, want %v", got, tc.primaryAfter)
+			}
+			primaryNow, _ := os.ReadFile(pp)
+			if _, changed, err := in.Install(); err != nil || changed {
+				t.Errorf("second Install: changed %v, %v", changed, err)
+			}
+			// The network plugin rewrites its file (a boot): ours follows.
+			if filepath.Ext(pp) == ".conflist" {
+				os.WriteFile(pp, []byte(`{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge","bridge":"cni1"}]}`), 0o644)
+				if _, changed, err := in.Install(); err != nil || !changed {
+					t.Errorf("Install after the primary changed: changed %v, %v", changed, err)
+				}
+				b, _ := os.ReadFile(path)
+				if !strings.Contains(string(b), "cni1") || !slices.Equal(pluginTypes(t, path), []string{"bridge", PluginType}) {
+					t.Errorf("our copy after the primary changed: %s", b)
+				}
+				primaryNow, _ = os.ReadFile(pp)
+			}
+			// Uninstall deletes ours; the primary stays byte for byte.
+			if _, err := in.Uninstall(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(path); !os.IsNotExist(err) {
+				t.Errorf("our file after Uninstall: %v", err)
+			}
+			if got, _ := os.ReadFile(pp); string(got) != string(primaryNow) {
+				t.Errorf("Uninstall touched the primary: %s", got)
+			}
+		})
+	}
+}
+
+// TestInstallOwnFileSortsLater: a primary that sorts before our own file
+// gets our entry chained into it (the runtime would not read ours).
+func TestInstallOwnFileSortsLater(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "00-k8s.conflist")
+	os.WriteFile(p, []byte(`{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"}]}`), 0o644)
+	in := &Installer{ConfDir: dir, OwnFile: "01-ambit.conflist", Plugin: map[string]any{}}
+	path, changed, err := in.Install()
+	if err != nil || !changed || path != p {
+		t.Fatalf("Install = %s, %v, %v; want the primary", path, changed, err)
+	}
+	if got := pluginTypes(t, p); !slices.Equal(got, []string{"bridge", PluginType}) {
+		t.Errorf("plugins %v", got)
+	}
+	if got := names(dir); !slices.Equal(got, []string{"00-k8s.conflist"}) {
+		t.Errorf("directory %v", got)
+	}
+}

@@ -2,9 +2,10 @@
 // one pod per node in a DaemonSet, hostNetwork), the counterpart of
 // istio-cni's node agent. It
 //
-//   - keeps the ambit-cni plugin chained last in the node's primary CNI
-//     configuration, and the plugin binary in the CNI bin directory
-//     (nodeagent/cniconf);
+//   - keeps the ambit-cni plugin chained last in the node's CNI
+//     configuration (its own file, a copy of the primary network's with
+//     our plugin, named to sort first; or in the primary file itself), and
+//     the plugin binary in the CNI bin directory (nodeagent/cniconf);
 //   - watches the pods of its node (field selector spec.nodeName) and all
 //     namespaces, and enrolls or releases pods live as their labels and
 //     their namespace's say (model.Enrolled, plus kube-system and ztunnel's
@@ -83,6 +84,7 @@ import (
 // Defaults of Options, as the DaemonSet mounts them.
 const (
 	DefaultCNIConfDir     = "/etc/cni/net.d"
+	DefaultCNIOwnFile     = "01-ambit-cni.conflist"
 	DefaultCNIBinDir      = "/opt/cni/bin"
 	DefaultCNIPluginSrc   = "/usr/local/bin/ambit-cni"
 	DefaultCNIEventSocket = "/var/run/ambit/cni.sock"
@@ -105,6 +107,11 @@ type Options struct {
 	// CNIConfDir is the node's CNI configuration directory; empty: the
 	// agent does not manage the CNI configuration (tests).
 	CNIConfDir string
+	// CNIOwnFile, if set, names the agent's own configuration file in
+	// CNIConfDir (cniconf.Installer.OwnFile): a copy of the primary with
+	// our plugin, which a network plugin rewriting its own file at boot
+	// cannot take our plugin out of. Empty: chained into the primary.
+	CNIOwnFile string
 	// CNIBinDir and CNIPluginSrc: the plugin binary is copied from
 	// CNIPluginSrc into CNIBinDir (skipped when CNIPluginSrc is empty).
 	CNIBinDir, CNIPluginSrc string
@@ -223,7 +230,7 @@ func New(o Options) (*Agent, error) {
 	}
 	a.core = &nodeagent.Agent{Node: o.NodeName, Probes: a.probes, Logger: o.Logger.With("component", "node-agent")}
 	if o.CNIConfDir != "" {
-		a.cni = &cniconf.Installer{ConfDir: o.CNIConfDir, BinDir: o.CNIBinDir, PluginSrc: o.CNIPluginSrc,
+		a.cni = &cniconf.Installer{ConfDir: o.CNIConfDir, BinDir: o.CNIBinDir, PluginSrc: o.CNIPluginSrc, OwnFile: o.CNIOwnFile,
 			Plugin: PluginEntry(o), Logger: a.log.With("part", "cni-config")}
 	}
 	if o.HostNetns != "" {
@@ -952,7 +959,7 @@ func (a *Agent) shouldUninstall() bool {
 func Uninstall(ctx context.Context, o Options) error {
 	var errs []error
 	if o.CNIConfDir != "" {
-		in := &cniconf.Installer{ConfDir: o.CNIConfDir, BinDir: o.CNIBinDir, Logger: o.Logger}
+		in := &cniconf.Installer{ConfDir: o.CNIConfDir, BinDir: o.CNIBinDir, OwnFile: o.CNIOwnFile, Logger: o.Logger}
 		if _, err := in.Uninstall(); err != nil {
 			errs = append(errs, err)
 		}

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -170,12 +169,22 @@ func stepInstall(t *testing.T, e *env) {
 		dumpIstioSystem(t, e)
 		t.Fatalf("ambit install: %v", err)
 	}
-	// The node agent chained its plugin into the node's conflist.
-	b, err := os.ReadFile(filepath.Join(e.c.CNIConfDir, "10-clustertest.conflist"))
-	if err != nil || !strings.Contains(string(b), `"ambit-cni"`) {
-		t.Fatalf("conflist after install has no ambit-cni (%v):\n%s", err, b)
+	// The node agent wrote its own conflist, sorting first, with the
+	// network's plugins and ours last; the network's file is untouched.
+	b, err := os.ReadFile(filepath.Join(e.c.CNIConfDir, ownConflist))
+	if err != nil || !strings.Contains(string(b), `"ambit-cni"`) || !strings.Contains(string(b), `"bridge"`) {
+		t.Fatalf("%s after install (%v):\n%s", ownConflist, err, b)
+	}
+	if now := readNodeState(e.c).conflists[primaryConflist]; now != beforeInstall.conflists[primaryConflist] {
+		t.Errorf("install rewrote the network's %s:\n%s", primaryConflist, now)
 	}
 }
+
+// The network's conflist (the harness's bridge) and the node agent's own.
+const (
+	primaryConflist = "10-clustertest.conflist"
+	ownConflist     = "01-ambit-cni.conflist"
+)
 
 func dumpIstioSystem(t *testing.T, e *env) {
 	c := ctx(t, 30*time.Second)
@@ -739,7 +748,8 @@ spec:
 
 // stepNodeReboot cuts the node's power (clustertest.RebootNode: every
 // process killed, what a boot clears cleared, the CNI configuration on
-// disk kept) while a talker pod opens connections from its start, and
+// disk kept, then rewritten by the network plugin at boot) while a talker
+// pod opens connections from its start, and
 // asserts that no enrolled pod's traffic crossed the bridge in plaintext
 // while the node came back: every pod ambient wants started captured (the
 // CNI plugin fails a sandbox until the node agent and a ztunnel take it),
@@ -780,7 +790,24 @@ func stepNodeReboot(t *testing.T, e *env) {
 	cap := startCapture(t)
 	time.Sleep(time.Second)
 	t0 := time.Now()
-	e.c.RebootNode(t)
+	// At boot the network plugin writes its config again, as Calico's
+	// and Cilium's installers do (the same network, its own formatting):
+	// an entry chained into that file would be gone until the node agent
+	// is back.
+	e.c.RebootNode(t, func() {
+		p := filepath.Join(e.c.CNIConfDir, primaryConflist)
+		var conf any
+		if b, err := os.ReadFile(p); err != nil || json.Unmarshal(b, &conf) != nil {
+			t.Errorf("reading %s at boot: %v", p, err)
+			return
+		}
+		b, _ := json.Marshal(conf)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Error(err)
+		}
+		// The network's doing: uninstall must leave this version.
+		beforeInstall.conflists[primaryConflist] = string(b)
+	})
 	t.Logf("node Ready %s after the power cut", time.Since(t0).Round(time.Millisecond))
 
 	// Every pod of the node comes back ready; those ambient wants are
@@ -895,15 +922,8 @@ func stepUninstall(t *testing.T, e *env) {
 	}
 	after := readNodeState(e.c)
 	for name, b := range beforeInstall.conflists {
-		if after.conflists[name] == b {
-			continue
-		}
-		// The node agent rewrites the file when it removes its entry.
-		var was, now any
-		if json.Unmarshal([]byte(b), &was) != nil || json.Unmarshal([]byte(after.conflists[name]), &now) != nil || !reflect.DeepEqual(was, now) {
+		if after.conflists[name] != b {
 			t.Errorf("CNI config %s after uninstall:\n%s\nwas:\n%s", name, after.conflists[name], b)
-		} else {
-			t.Logf("note: CNI config %s is the same JSON as before install, reformatted", name)
 		}
 	}
 	for name := range after.conflists {
